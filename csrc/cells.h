@@ -1,0 +1,203 @@
+// The cells' pointwise math: the one source of truth for every backend.
+//
+// Each cell is a struct of static functions that handle ONE hidden unit j of ONE row
+// (one time step t, one batch element b, one direction d). The recurrence drivers
+// (csrc/cpu/, csrc/cuda/) own the GEMMs, the time loop, the lengths mask and the
+// direction split; they call these functions for every valid (row, j) pair, so a CPU
+// loop and a CUDA thread run the very same arithmetic.
+//
+// Gate order and formulas are torch's, so weights load unchanged from torch.nn/cuDNN:
+//   RNN : h' = act(x_pre + h_pre)                          (act = tanh or relu)
+//   LSTM: i, f, g, o ;  c' = f*c + i*g ;  m = o*tanh(c')   (h' = m, or W_hr m with proj)
+//   GRU : r, z, n    ;  n = tanh(x_n + r*(W_hn h + b_hn)) ;  h' = (1-z)*n + z*h
+//
+// Storage type T (float, double, half, bfloat16); math type A = at::opmath_type<T>
+// (float for half/bfloat16), so reduced precision only rounds at loads and stores.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define BIRNN_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define BIRNN_HOST_DEVICE inline
+#endif
+
+namespace birnn {
+
+enum class CellKind { RnnTanh, RnnRelu, Lstm, Gru };
+
+BIRNN_HOST_DEVICE float exp_(float x) { return ::expf(x); }
+BIRNN_HOST_DEVICE double exp_(double x) { return ::exp(x); }
+BIRNN_HOST_DEVICE float tanh_(float x) { return ::tanhf(x); }
+BIRNN_HOST_DEVICE double tanh_(double x) { return ::tanh(x); }
+
+template <typename A>
+BIRNN_HOST_DEVICE A sigmoid_(A x) {
+  return A(1) / (A(1) + exp_(-x));
+}
+
+// Row pointers handed to a cell's forward for one (t, b, d). Sizes in units of H.
+template <typename T>
+struct ForwardRow {
+  const T* gates_x;  // [G*H] input projection W_ih x + b_ih
+  const T* gates_h;  // [G*H] recurrent product W_hh h (bias NOT included)
+  const T* b_hh;     // [G*H] recurrent bias, or nullptr
+  const T* h_prev;   // [H]   previous hidden state (read by GRU only)
+  const T* c_prev;   // [H]   previous cell state (LSTM only)
+  T* h;              // [H]   new hidden state (LSTM: m = o*tanh(c), before any projection)
+  T* c;              // [H]   new cell state (LSTM only)
+  T* reserve;        // [kReserve*H] what backward needs, or nullptr in inference
+};
+
+// Row pointers handed to a cell's backward for one (t, b, d).
+template <typename T>
+struct BackwardRow {
+  const T* dh;       // [H] dLoss/dh of this step (LSTM: dLoss/dm, after the projection)
+  const T* reserve;  // [kReserve*H] saved by the forward
+  const T* h;        // [H] this step's hidden state (RNN only: its derivative is read off h)
+  const T* h_prev;   // [H] previous hidden state (GRU only)
+  const T* c_prev;   // [H] previous cell state (LSTM only)
+  T* dc;             // [H] LSTM: in: dLoss/dc of this step from the future; out: dLoss/dc_prev
+  T* dh_prev;        // [H] GRU: out: the direct path z*dh into dLoss/dh_prev (the rest is a GEMM)
+  T* dgates_x;       // [G*H] out: dLoss/d(input-side pre-activations)  -> dW_ih, db_ih, dx
+  T* dgates_h;       // [G*H] out: dLoss/d(recurrent-side products)     -> dW_hh, db_hh, dh_prev
+};
+
+// RNN with tanh or relu. No reserve: backward reads h' itself.
+template <CellKind Kind>
+struct RnnCell {
+  static constexpr int kGates = 1;
+  static constexpr int kReserve = 0;
+  static constexpr int kCellSlot = -1;             // no cell state
+  static constexpr bool kSplitHiddenGrad = false;  // dgates_h == dgates_x
+
+  template <typename T, typename A>
+  BIRNN_HOST_DEVICE static void forward(const ForwardRow<T>& r, int j, int H) {
+    A pre = A(r.gates_x[j]) + A(r.gates_h[j]) + (r.b_hh ? A(r.b_hh[j]) : A(0));
+    A h = Kind == CellKind::RnnTanh ? tanh_(pre) : (pre > A(0) ? pre : A(0));
+    r.h[j] = T(h);
+  }
+
+  template <typename T, typename A>
+  BIRNN_HOST_DEVICE static void backward(const BackwardRow<T>& r, int j, int H) {
+    A h = A(r.h[j]);
+    A dh = A(r.dh[j]);
+    A dpre = Kind == CellKind::RnnTanh ? dh * (A(1) - h * h) : (h > A(0) ? dh : A(0));
+    r.dgates_x[j] = T(dpre);
+  }
+};
+
+// LSTM. Reserve per row: [i | f | g | o | c'], each H wide, gates post-activation.
+struct LstmCell {
+  static constexpr int kGates = 4;
+  static constexpr int kReserve = 5;
+  static constexpr int kCellSlot = 4;  // c' sits at reserve[4H : 5H]
+  static constexpr bool kSplitHiddenGrad = false;
+
+  template <typename T, typename A>
+  BIRNN_HOST_DEVICE static void forward(const ForwardRow<T>& r, int j, int H) {
+    A pre[4];
+    for (int k = 0; k < 4; ++k) {
+      int idx = k * H + j;
+      pre[k] = A(r.gates_x[idx]) + A(r.gates_h[idx]) + (r.b_hh ? A(r.b_hh[idx]) : A(0));
+    }
+    A i = sigmoid_(pre[0]);
+    A f = sigmoid_(pre[1]);
+    A g = tanh_(pre[2]);
+    A o = sigmoid_(pre[3]);
+    A c = f * A(r.c_prev[j]) + i * g;
+    r.c[j] = T(c);
+    r.h[j] = T(o * tanh_(c));
+    if (r.reserve) {
+      r.reserve[0 * H + j] = T(i);
+      r.reserve[1 * H + j] = T(f);
+      r.reserve[2 * H + j] = T(g);
+      r.reserve[3 * H + j] = T(o);
+      r.reserve[4 * H + j] = T(c);
+    }
+  }
+
+  template <typename T, typename A>
+  BIRNN_HOST_DEVICE static void backward(const BackwardRow<T>& r, int j, int H) {
+    A i = A(r.reserve[0 * H + j]);
+    A f = A(r.reserve[1 * H + j]);
+    A g = A(r.reserve[2 * H + j]);
+    A o = A(r.reserve[3 * H + j]);
+    A tanh_c = tanh_(A(r.reserve[4 * H + j]));
+    A dm = A(r.dh[j]);
+    A dc = A(r.dc[j]) + dm * o * (A(1) - tanh_c * tanh_c);
+    A di = dc * g, df = dc * A(r.c_prev[j]), dg = dc * i, d_o = dm * tanh_c;
+    r.dgates_x[0 * H + j] = T(di * i * (A(1) - i));
+    r.dgates_x[1 * H + j] = T(df * f * (A(1) - f));
+    r.dgates_x[2 * H + j] = T(dg * (A(1) - g * g));
+    r.dgates_x[3 * H + j] = T(d_o * o * (A(1) - o));
+    r.dc[j] = T(dc * f);
+  }
+};
+
+// GRU. Reserve per row: [r | z | n | hn], hn = W_hn h + b_hn (the part r multiplies).
+struct GruCell {
+  static constexpr int kGates = 3;
+  static constexpr int kReserve = 4;
+  static constexpr int kCellSlot = -1;
+  static constexpr bool kSplitHiddenGrad = true;  // the n gate's two sides differ by r
+
+  template <typename T, typename A>
+  BIRNN_HOST_DEVICE static void forward(const ForwardRow<T>& r, int j, int H) {
+    A hr = A(r.gates_h[0 * H + j]) + (r.b_hh ? A(r.b_hh[0 * H + j]) : A(0));
+    A hz = A(r.gates_h[1 * H + j]) + (r.b_hh ? A(r.b_hh[1 * H + j]) : A(0));
+    A hn = A(r.gates_h[2 * H + j]) + (r.b_hh ? A(r.b_hh[2 * H + j]) : A(0));
+    A rg = sigmoid_(A(r.gates_x[0 * H + j]) + hr);
+    A z = sigmoid_(A(r.gates_x[1 * H + j]) + hz);
+    A n = tanh_(A(r.gates_x[2 * H + j]) + rg * hn);
+    A h_prev = A(r.h_prev[j]);
+    r.h[j] = T((A(1) - z) * n + z * h_prev);
+    if (r.reserve) {
+      r.reserve[0 * H + j] = T(rg);
+      r.reserve[1 * H + j] = T(z);
+      r.reserve[2 * H + j] = T(n);
+      r.reserve[3 * H + j] = T(hn);
+    }
+  }
+
+  template <typename T, typename A>
+  BIRNN_HOST_DEVICE static void backward(const BackwardRow<T>& r, int j, int H) {
+    A rg = A(r.reserve[0 * H + j]);
+    A z = A(r.reserve[1 * H + j]);
+    A n = A(r.reserve[2 * H + j]);
+    A hn = A(r.reserve[3 * H + j]);
+    A dh = A(r.dh[j]);
+    A dn = dh * (A(1) - z) * (A(1) - n * n);
+    A dz = dh * (A(r.h_prev[j]) - n) * z * (A(1) - z);
+    A dr = dn * hn * rg * (A(1) - rg);
+    r.dgates_x[0 * H + j] = T(dr);
+    r.dgates_x[1 * H + j] = T(dz);
+    r.dgates_x[2 * H + j] = T(dn);
+    r.dgates_h[0 * H + j] = T(dr);
+    r.dgates_h[1 * H + j] = T(dz);
+    r.dgates_h[2 * H + j] = T(dn * rg);
+    r.dh_prev[j] = T(dh * z);
+  }
+};
+
+// Maps the run-time cell kind to its struct.
+template <CellKind Kind> struct CellOf;
+template <> struct CellOf<CellKind::RnnTanh> { using type = RnnCell<CellKind::RnnTanh>; };
+template <> struct CellOf<CellKind::RnnRelu> { using type = RnnCell<CellKind::RnnRelu>; };
+template <> struct CellOf<CellKind::Lstm> { using type = LstmCell; };
+template <> struct CellOf<CellKind::Gru> { using type = GruCell; };
+
+// Calls fn(Cell{}) with the struct of the run-time cell kind: the one switch over cells.
+template <typename Fn>
+decltype(auto) dispatch_cell(CellKind kind, Fn&& fn) {
+  switch (kind) {
+    case CellKind::RnnTanh: return fn(RnnCell<CellKind::RnnTanh>{});
+    case CellKind::RnnRelu: return fn(RnnCell<CellKind::RnnRelu>{});
+    case CellKind::Lstm: return fn(LstmCell{});
+    case CellKind::Gru: break;
+  }
+  return fn(GruCell{});
+}
+
+}  // namespace birnn

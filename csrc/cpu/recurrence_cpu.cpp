@@ -1,0 +1,211 @@
+// CPU recurrence: the time loop of one layer, both directions at once.
+//
+// Each direction is one task; at::parallel_for hands the two tasks to two threads of
+// torch's intra-op pool (or runs them one after the other with a single thread). Inside a
+// task a step is one small GEMM (the recurrent product for the whole batch), then one pass
+// of the cell's pointwise math (csrc/cells.h) over the batch rows still inside their
+// sequence. Rows past their length are written as zero and leave the state untouched.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../birnn.h"
+#include "../register.h"
+#include "gemm_cpu.h"
+
+namespace birnn {
+namespace {
+
+using cpu::gemm_nn;
+using cpu::gemm_nt;
+
+// Sequence lengths, or T for every sequence when none were given.
+struct Lengths {
+  const int64_t* values;
+  int64_t T;
+  int64_t operator[](int64_t b) const { return values ? values[b] : T; }
+  int64_t max(int64_t B) const {
+    return values ? (B ? *std::max_element(values, values + B) : 0) : T;
+  }
+};
+
+Lengths lengths_of(const at::Tensor& lengths, int64_t T) {
+  return {lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, T};
+}
+
+// Runs fn(d) for each direction d, the two directions concurrently when threads allow.
+template <typename Fn>
+void for_each_direction(int64_t D, const Fn& fn) {
+  at::parallel_for(0, D, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t d = begin; d < end; ++d) fn(static_cast<int>(d));
+  });
+}
+
+template <typename Cell, typename T>
+void forward_direction(const ForwardArgs& a, int d) {
+  using A = at::opmath_type<T>;
+  const int64_t T_ = a.output.size(0), B = a.output.size(1), D = a.output.size(2);
+  const int64_t Hout = a.output.size(3), GH = a.w_hh.size(1), H = GH / Cell::kGates;
+  const int64_t R = Cell::kReserve * H;
+  const bool proj = a.w_hr.defined();
+  const Lengths len = lengths_of(a.lengths, T_);
+  const int64_t max_len = len.max(B);
+
+  const T* w_hh = a.w_hh.data_ptr<T>() + d * GH * Hout;                   // [G*H, Hout]
+  const T* b_hh = a.b_hh.defined() ? a.b_hh.data_ptr<T>() + d * GH : nullptr;
+  const T* w_hr = proj ? a.w_hr.data_ptr<T>() + d * Hout * H : nullptr;   // [Hout, H]
+  const T* gates_x = a.gates_x.data_ptr<T>();                             // [T, B, D, G*H]
+  T* output = a.output.data_ptr<T>();                                     // [T, B, D, Hout]
+  T* h = a.h.data_ptr<T>() + d * B * Hout;                                // [B, Hout] state
+  T* c = a.c.defined() ? a.c.data_ptr<T>() + d * B * H : nullptr;         // [B, H] state
+  T* reserve = a.reserve.defined() ? a.reserve.data_ptr<T>() : nullptr;  // [T, B, D, R]
+
+  std::vector<T> gates_h(B * GH);                 // [B, G*H] h @ W_hh^T of this step
+  std::vector<T> m(proj ? B * H : 0);             // [B, H] o * tanh(c), before projection
+  std::vector<T> h_proj(proj ? B * Hout : 0);     // [B, Hout] m @ W_hr^T
+
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = d == 0 ? s : T_ - 1 - s;
+    const bool any_valid = t < max_len;
+    if (any_valid) gemm_nt<T>(B, GH, Hout, h, Hout, w_hh, Hout, T(0), gates_h.data(), GH);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = (t * B + b) * D + d;
+      T* out_row = output + row * Hout;
+      T* reserve_row = reserve ? reserve + row * R : nullptr;
+      if (t >= len[b]) {
+        std::fill(out_row, out_row + Hout, T(0));
+        if (reserve_row) std::fill(reserve_row, reserve_row + R, T(0));
+        continue;
+      }
+      T* h_row = h + b * Hout;
+      T* c_row = c ? c + b * H : nullptr;
+      const ForwardRow<T> r{gates_x + row * GH, gates_h.data() + b * GH, b_hh, h_row, c_row,
+                            proj ? m.data() + b * H : h_row, c_row, reserve_row};
+      for (int64_t j = 0; j < H; ++j) Cell::template forward<T, A>(r, j, H);
+      if (!proj) std::copy(h_row, h_row + Hout, out_row);
+    }
+    if (proj && any_valid) {
+      gemm_nt<T>(B, Hout, H, m.data(), H, w_hr, H, T(0), h_proj.data(), Hout);
+      for (int64_t b = 0; b < B; ++b) {
+        if (t >= len[b]) continue;
+        const T* src = h_proj.data() + b * Hout;
+        std::copy(src, src + Hout, h + b * Hout);
+        std::copy(src, src + Hout, output + ((t * B + b) * D + d) * Hout);
+      }
+    }
+  }
+}
+
+template <typename Cell, typename T>
+void backward_direction(const BackwardArgs& a, int d) {
+  using A = at::opmath_type<T>;
+  const int64_t T_ = a.output.size(0), B = a.output.size(1), D = a.output.size(2);
+  const int64_t Hout = a.output.size(3), GH = a.w_hh.size(1), H = GH / Cell::kGates;
+  const int64_t R = Cell::kReserve * H;
+  const bool proj = a.w_hr.defined();
+  const bool split = Cell::kSplitHiddenGrad;
+  const Lengths len = lengths_of(a.lengths, T_);
+  const int64_t max_len = len.max(B);
+
+  const T* w_hh = a.w_hh.data_ptr<T>() + d * GH * Hout;                 // [G*H, Hout]
+  const T* w_hr = proj ? a.w_hr.data_ptr<T>() + d * Hout * H : nullptr; // [Hout, H]
+  const T* grad_output = a.grad_output.data_ptr<T>();                   // [T, B, D, Hout]
+  const T* output = a.output.data_ptr<T>();                             // [T, B, D, Hout]
+  const T* h0 = a.h0.data_ptr<T>() + d * B * Hout;                      // [B, Hout]
+  const T* c0 = a.c0.defined() ? a.c0.data_ptr<T>() + d * B * H : nullptr;
+  const T* reserve = a.reserve.data_ptr<T>();                           // [T, B, D, R]
+  T* dh = a.dh.data_ptr<T>() + d * B * Hout;      // [B, Hout] carry: dLoss/dh from step t+1
+  T* dc = a.dc.defined() ? a.dc.data_ptr<T>() + d * B * H : nullptr;   // [B, H] carry
+  T* dgates_x = a.dgates_x.data_ptr<T>();                               // [T, B, D, G*H]
+  T* dgates_h = a.dgates_h.data_ptr<T>();
+  T* dh_total = proj ? a.dh_total.data_ptr<T>() : nullptr;              // [T, B, D, Hout]
+
+  std::vector<T> dh_step(proj ? 0 : B * Hout);  // [B, Hout] total dLoss/dh of this step
+  std::vector<T> dm(proj ? B * H : 0);          // [B, H] that gradient through W_hr
+
+  // Backward visits the steps in the reverse of the forward's order.
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = d == 0 ? T_ - 1 - s : s;
+    const bool any_valid = t < max_len;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = (t * B + b) * D + d;
+      T* dh_row = proj ? dh_total + row * Hout : dh_step.data() + b * Hout;
+      if (t >= len[b]) {
+        std::fill(dh_row, dh_row + Hout, T(0));
+        std::fill(dgates_x + row * GH, dgates_x + (row + 1) * GH, T(0));
+        if (split) std::fill(dgates_h + row * GH, dgates_h + (row + 1) * GH, T(0));
+        continue;
+      }
+      // This step's h feeds the output at t and the next step: both gradients meet here.
+      T* carry = dh + b * Hout;
+      const T* g = grad_output + row * Hout;
+      for (int64_t k = 0; k < Hout; ++k) {
+        dh_row[k] = T(A(g[k]) + A(carry[k]));
+        carry[k] = T(0);
+      }
+    }
+    if (!any_valid) continue;
+    if (proj) {
+      gemm_nn<T>(B, H, Hout, dh_total + (t * B * D + d) * Hout, D * Hout, w_hr, H, T(0),
+                 dm.data(), H);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      if (t >= len[b]) continue;
+      const int64_t row = (t * B + b) * D + d;
+      const int64_t prev = previous_step(d, t, len[b]);
+      const int64_t prev_row = (prev * B + b) * D + d;
+      const T* c_prev = nullptr;
+      if constexpr (Cell::kCellSlot >= 0) {
+        c_prev = prev < 0 ? c0 + b * H : reserve + prev_row * R + Cell::kCellSlot * H;
+      }
+      const BackwardRow<T> r{proj ? dm.data() + b * H : dh_step.data() + b * Hout,
+                             reserve + row * R,
+                             output + row * Hout,
+                             prev < 0 ? h0 + b * Hout : output + prev_row * Hout,
+                             c_prev,
+                             dc ? dc + b * H : nullptr,
+                             dh + b * Hout,
+                             dgates_x + row * GH,
+                             dgates_h + row * GH};
+      for (int64_t j = 0; j < H; ++j) Cell::template backward<T, A>(r, j, H);
+    }
+    // carry += dgates_h @ W_hh: the gradient reaching the previous step's h.
+    gemm_nn<T>(B, Hout, GH, dgates_h + (t * B * D + d) * GH, D * GH, w_hh, Hout, T(1), dh,
+               Hout);
+  }
+}
+
+}  // namespace
+
+void forward_recurrence_cpu(const ForwardArgs& a) {
+  dispatch_cell(a.cell, [&](auto cell) {
+    using Cell = decltype(cell);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.gates_x.scalar_type(),
+                                    "birnn_forward_cpu", [&] {
+      for_each_direction(a.output.size(2),
+                         [&](int d) { forward_direction<Cell, scalar_t>(a, d); });
+    });
+  });
+}
+
+void backward_recurrence_cpu(const BackwardArgs& a) {
+  dispatch_cell(a.cell, [&](auto cell) {
+    using Cell = decltype(cell);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dgates_x.scalar_type(),
+                                    "birnn_backward_cpu", [&] {
+      for_each_direction(a.output.size(2),
+                         [&](int d) { backward_direction<Cell, scalar_t>(a, d); });
+    });
+  });
+}
+
+}  // namespace birnn
+
+TORCH_LIBRARY_IMPL(birnn_ext, CPU, m) {
+  BIRNN_REGISTER_LAYER_OPS(m);
+}

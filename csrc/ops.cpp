@@ -1,0 +1,66 @@
+// The op schemas and the Python module `birnn_ext._C`.
+//
+// Every cell has a forward and a backward op covering both directions of one layer
+// (shapes: csrc/birnn.h). The schemas are also written in birnn_ext/ops.py for the pure-Python
+// fallback; tests/test_ops.py checks the two agree. Fake kernels and autograd are registered
+// in Python (birnn_ext/ops.py).
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "birnn.h"
+
+#ifndef BIRNN_CUDA_ARCHS
+#define BIRNN_CUDA_ARCHS ""
+#endif
+#ifndef BIRNN_TORCH_VERSION
+#define BIRNN_TORCH_VERSION ""
+#endif
+#ifndef BIRNN_CUDA_VERSION
+#define BIRNN_CUDA_VERSION ""
+#endif
+
+TORCH_LIBRARY(birnn_ext, m) {
+  for (const char* cell : {"rnn_tanh", "rnn_relu", "lstm", "gru"}) {
+    const std::string name(cell);
+    m.def((name +
+           "_forward(Tensor input, Tensor? lengths, Tensor hx, Tensor? cx, Tensor w_ih, "
+          "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool training) "
+          "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor reserve)")
+              .c_str());
+    m.def((name +
+           "_backward(Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor input, "
+          "Tensor? lengths, Tensor hx, Tensor? cx, Tensor w_ih, Tensor w_hh, bool has_bias, "
+          "Tensor? w_hr, Tensor output, Tensor reserve) -> (Tensor grad_input, Tensor grad_hx, "
+          "Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+          "Tensor grad_b_hh, Tensor grad_w_hr)")
+              .c_str());
+  }
+}
+
+#ifndef WITH_CUDA
+// A CPU-only build has no CUDA recurrence; the op reports it instead of failing to link.
+namespace birnn {
+void forward_recurrence_cuda(const ForwardArgs&) {
+  TORCH_CHECK(false, "birnn_ext was built without CUDA; reinstall with a CUDA toolkit");
+}
+void backward_recurrence_cuda(const BackwardArgs&) {
+  TORCH_CHECK(false, "birnn_ext was built without CUDA; reinstall with a CUDA toolkit");
+}
+}  // namespace birnn
+#endif
+
+// What this binary was built with, for `python -m birnn_ext.info`.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("build_info", [] {
+    pybind11::dict info;
+#ifdef WITH_CUDA
+    info["cuda"] = true;
+#else
+    info["cuda"] = false;
+#endif
+    info["cuda_archs"] = BIRNN_CUDA_ARCHS;
+    info["cuda_version"] = BIRNN_CUDA_VERSION;
+    info["torch_version"] = BIRNN_TORCH_VERSION;
+    return info;
+  });
+}
