@@ -88,7 +88,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                const OptTensor& grad_c_n, const at::Tensor& input, const OptTensor& lengths,
                const at::Tensor& hx, const OptTensor& cx, const at::Tensor& w_ih,
-               const at::Tensor& w_hh, bool has_bias, const OptTensor& w_hr,
+               const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+               const OptTensor& w_hr,
                const at::Tensor& output, const at::Tensor& reserve);
 
 // Number of values per (t, b, d) row of `reserve`, in units of H.

@@ -208,10 +208,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                const OptTensor& grad_c_n, const at::Tensor& input, const OptTensor& lengths,
                const at::Tensor& hx, const OptTensor& cx, const at::Tensor& w_ih,
-               const at::Tensor& w_hh, bool has_bias, const OptTensor& w_hr,
+               const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+               const OptTensor& w_hr,
                const at::Tensor& output, const at::Tensor& reserve) {
-  const Dims d = check_layer(Kind, input, lengths, hx, cx, w_ih, w_hh, std::nullopt,
-                             std::nullopt, w_hr);
+  // Bias values do not enter the backward (the reserve holds what they shaped); only their
+  // presence decides whether their gradients are returned.
+  const Dims d = check_layer(Kind, input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
+  const bool has_bias = b_ih.has_value() && b_ih->defined();
   const auto opts = input.options();
   const int64_t GH = d.G * d.H;
   const bool proj = w_hr.has_value() && w_hr->defined();
@@ -282,8 +285,9 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                       at::Tensor, at::Tensor>                                                \
   layer_backward<KIND>(const at::Tensor&, const at::Tensor&, const OptTensor&,               \
                        const at::Tensor&, const OptTensor&, const at::Tensor&,               \
-                       const OptTensor&, const at::Tensor&, const at::Tensor&, bool,         \
-                       const OptTensor&, const at::Tensor&, const at::Tensor&);
+                       const OptTensor&, const at::Tensor&, const at::Tensor&,               \
+                       const OptTensor&, const OptTensor&, const OptTensor&,                 \
+                       const at::Tensor&, const at::Tensor&);
 
 BIRNN_INSTANTIATE(CellKind::RnnTanh)
 BIRNN_INSTANTIATE(CellKind::RnnRelu)

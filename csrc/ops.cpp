@@ -29,8 +29,8 @@ TORCH_LIBRARY(birnn_ext, m) {
               .c_str());
     m.def((name +
            "_backward(Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor input, "
-          "Tensor? lengths, Tensor hx, Tensor? cx, Tensor w_ih, Tensor w_hh, bool has_bias, "
-          "Tensor? w_hr, Tensor output, Tensor reserve) -> (Tensor grad_input, Tensor grad_hx, "
+          "Tensor? lengths, Tensor hx, Tensor? cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+          "Tensor? b_hh, Tensor? w_hr, Tensor output, Tensor reserve) -> (Tensor grad_input, Tensor grad_hx, "
           "Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
           "Tensor grad_b_hh, Tensor grad_w_hr)")
               .c_str());
