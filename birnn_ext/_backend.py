@@ -1,0 +1,121 @@
+"""Which implementation of the ops runs, and why.
+
+Backends: "cuda" (compiled module with CUDA kernels; its CPU kernels serve CPU tensors),
+"cpp" (compiled module, CPU kernels), "python" (birnn_ext/reference.py). The environment
+variable BIRNN_EXT_BACKEND=auto|cuda|cpp|python picks the first one; set_backend() changes it.
+"auto" takes the compiled module if it loads: the prebuilt birnn_ext._C, else a just-in-time
+build of csrc/ with torch.utils.cpp_extension.load, else the Python fallback, with one warning
+naming the backend in use whenever the prebuilt module was missing.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+
+CHOICES = ("auto", "cuda", "cpp", "python")
+ENV_VAR = "BIRNN_EXT_BACKEND"
+_CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+
+_module = None          # the loaded compiled module, once tried
+_tried = False
+_load_note = "not loaded"
+_active: str | None = None
+_reason = ""
+
+
+def _jit_build():
+    import torch
+    from torch.utils.cpp_extension import load
+
+    sources = [os.path.join(_CSRC, "ops.cpp"), os.path.join(_CSRC, "layer.cpp")]
+    sources += sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
+    cflags = ["-O3", f'-DBIRNN_TORCH_VERSION="{torch.__version__}"']
+    cuda_sources = sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.c*")))
+    with_cuda = torch.cuda.is_available() and bool(cuda_sources)
+    if with_cuda:
+        sources += cuda_sources
+        cflags.append("-DWITH_CUDA")
+    return load(name="birnn_ext_jit", sources=sources, extra_cflags=cflags,
+                extra_cuda_cflags=["-O3", "-DWITH_CUDA"], with_cuda=with_cuda, verbose=False)
+
+
+def compiled_module():
+    """The compiled module (prebuilt, else JIT-built), or None; loads it on first call."""
+    global _module, _tried, _load_note
+    if _tried:
+        return _module
+    _tried = True
+    try:
+        from . import _C
+
+        _module, _load_note = _C, "prebuilt module birnn_ext._C"
+        return _module
+    except ImportError as exc:
+        missing = f"birnn_ext._C could not be imported ({exc})"
+    if os.environ.get("BIRNN_EXT_NO_JIT") == "1":
+        _load_note = missing + "; JIT build disabled by BIRNN_EXT_NO_JIT=1"
+    elif not os.path.isdir(_CSRC):
+        _load_note = missing + f"; no sources at {_CSRC} for a JIT build"
+    else:
+        try:
+            _module = _jit_build()
+            _load_note = missing + "; built just-in-time from csrc/"
+        except Exception as exc:  # a failed compiler run must not break import
+            _load_note = missing + f"; JIT build failed ({type(exc).__name__}: {exc})"
+    return _module
+
+
+def build_info() -> dict:
+    """What the compiled module was built with ({} when there is none)."""
+    module = compiled_module()
+    return dict(module.build_info()) if module is not None else {}
+
+
+def _resolve(requested: str) -> tuple[str, str]:
+    if requested == "python":
+        return "python", "requested"
+    module = compiled_module()
+    has_cuda = module is not None and bool(module.build_info()["cuda"])
+    if requested == "cpp":
+        if module is None:
+            raise RuntimeError(f"birnn_ext: backend 'cpp' is unavailable: {_load_note}")
+        return "cpp", "requested"
+    if requested == "cuda":
+        if not has_cuda:
+            why = _load_note if module is None else "the compiled module was built without CUDA"
+            raise RuntimeError(f"birnn_ext: backend 'cuda' is unavailable: {why}")
+        return "cuda", "requested"
+    if module is None:
+        return "python", f"auto: {_load_note}"
+    return ("cuda" if has_cuda else "cpp"), f"auto: {_load_note}"
+
+
+def set_backend(name: str) -> str:
+    """Selects the backend ("auto", "cuda", "cpp" or "python"); returns the one now active."""
+    global _active, _reason
+    if name not in CHOICES:
+        raise ValueError(f"birnn_ext: unknown backend {name!r}; expected one of {CHOICES}")
+    _active, _reason = _resolve(name)
+    return _active
+
+
+def get_backend() -> str:
+    """The active backend: "cuda", "cpp" or "python"."""
+    if _active is None:
+        _init_from_env()
+    return _active
+
+
+def backend_reason() -> str:
+    get_backend()
+    return _reason
+
+
+def _init_from_env():
+    requested = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    set_backend(requested)
+    if requested == "auto" and _load_note != "prebuilt module birnn_ext._C":
+        warnings.warn(f"birnn_ext: using the {_active!r} backend ({_load_note})",
+                      RuntimeWarning, stacklevel=3)

@@ -1,0 +1,167 @@
+"""Drop-in torch.nn.RNN / LSTM / GRU whose layers run through birnn_ext's fused ops.
+
+The classes subclass torch.nn's and add no state: constructor, parameters, state_dict,
+checks and error messages are the parent's. Only forward() differs: it brings every input
+form (batched, unbatched, batch_first, PackedSequence) to a padded time-major batch plus
+per-sequence lengths, makes one op call per layer for both directions, and returns what
+torch.nn returns. convert() turns existing torch.nn layers into these in place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import ops
+
+_CELL_OF_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
+
+
+class _FusedForward:
+    """forward() shared by the three classes; mixed in before the torch.nn parent."""
+
+    _input_dim_error: str  # torch.nn's message for a 1-D or 4-D input, per class
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        lstm = self.mode == "LSTM"
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is not None:
+                # hx is in the caller's batch order; the packed data is sorted by length.
+                hx = self.permute_hidden(hx, sorted_indices)
+            batch, unbatched, checked_input = int(batch_sizes[0]), False, data
+        else:
+            batch_sizes = sorted_indices = unsorted_indices = None
+            if input.dim() not in (2, 3):
+                raise ValueError(self._input_dim_error.format(input.dim()))
+            unbatched = input.dim() == 2
+            batch_dim = 0 if self.batch_first else 1
+            if unbatched:
+                input = input.unsqueeze(batch_dim)
+            hx = self._batched_hx(hx, unbatched)
+            batch, checked_input = input.size(batch_dim), input
+        if hx is None:
+            hx = self._zero_state(batch, checked_input)
+        self.check_forward_args(checked_input, hx, batch_sizes)
+
+        if packed:
+            # Time-major padded batch in the packed (length-sorted) order; lengths on the CPU.
+            x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            lengths = lengths_cpu.to(x.device)
+        else:
+            x = input.transpose(0, 1) if self.batch_first else input
+            lengths_cpu = lengths = None
+        h0, c0 = hx if lstm else (hx, None)
+        out, h_n, c_n = self._run_layers(x, lengths, lengths_cpu, batch_sizes, h0, c0)
+        hidden = (h_n, c_n) if lstm else h_n
+
+        if packed:
+            out_data = pack_padded_sequence(out, lengths_cpu).data
+            return (PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        if unbatched:
+            out = out.squeeze(batch_dim)
+            hidden = (h_n.squeeze(1), c_n.squeeze(1)) if lstm else h_n.squeeze(1)
+        return out, hidden
+
+    def _batched_hx(self, hx, unbatched):
+        """Checks hx's rank as torch.nn does and adds the batch dim to an unbatched one."""
+        if hx is None:
+            return None
+        want = 2 if unbatched else 3
+        form = "unbatched 2-D" if unbatched else "batched 3-D"
+        if self.mode == "LSTM":
+            if hx[0].dim() != want or hx[1].dim() != want:
+                raise RuntimeError(
+                    f"For {form} input, hx and cx should also be {want}-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            return (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if unbatched else hx
+        if hx.dim() != want:
+            raise RuntimeError(
+                f"For {form} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
+        return hx.unsqueeze(1) if unbatched else hx
+
+    def _zero_state(self, batch, like):
+        directions = 2 if self.bidirectional else 1
+        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        shape = (self.num_layers * directions, batch)
+        h0 = torch.zeros(*shape, h_size, dtype=like.dtype, device=like.device)
+        if self.mode != "LSTM":
+            return h0
+        return h0, torch.zeros(*shape, self.hidden_size, dtype=like.dtype, device=like.device)
+
+    def _layer_weights(self, layer):
+        """Layer `layer`'s weights stacked over directions: (w_ih, w_hh, b_ih, b_hh, w_hr)."""
+        suffixes = ("", "_reverse") if self.bidirectional else ("",)
+
+        def stacked(kind):
+            ws = [getattr(self, f"{kind}_l{layer}{s}") for s in suffixes]
+            return ws[0].unsqueeze(0) if len(ws) == 1 else torch.stack(ws)
+
+        return (stacked("weight_ih"), stacked("weight_hh"),
+                stacked("bias_ih") if self.bias else None,
+                stacked("bias_hh") if self.bias else None,
+                stacked("weight_hr") if self.proj_size > 0 else None)
+
+    def _run_layers(self, x, lengths, lengths_cpu, batch_sizes, h0, c0):
+        """All layers over the padded batch x [T, B, I]: (output, h_n, c_n)."""
+        cell = _CELL_OF_MODE[self.mode]
+        directions = 2 if self.bidirectional else 1
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            rows = slice(layer * directions, (layer + 1) * directions)
+            x, h, c = ops.layer(cell, x, lengths, h0[rows],
+                                c0[rows] if c0 is not None else None,
+                                *self._layer_weights(layer))
+            h_n.append(h)
+            c_n.append(c)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = self._dropout(x, lengths_cpu, batch_sizes)
+        return x, torch.cat(h_n), (torch.cat(c_n) if c0 is not None else None)
+
+    def _dropout(self, x, lengths_cpu, batch_sizes):
+        """Inter-layer dropout drawn exactly as torch.nn draws it: on the layer output as
+        torch.nn holds it (packed data for packed input), so a seed gives the same mask."""
+        if lengths_cpu is None:
+            return F.dropout(x, self.dropout, True)
+        data = F.dropout(pack_padded_sequence(x, lengths_cpu).data, self.dropout, True)
+        return pad_packed_sequence(PackedSequence(data, batch_sizes), total_length=x.size(0))[0]
+
+
+class RNN(_FusedForward, nn.RNN):
+    __doc__ = nn.RNN.__doc__
+    _input_dim_error = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"
+
+
+class LSTM(_FusedForward, nn.LSTM):
+    __doc__ = nn.LSTM.__doc__
+    _input_dim_error = "LSTM: Expected input to be 2D or 3D, got {}D instead"
+
+
+class GRU(_FusedForward, nn.GRU):
+    __doc__ = nn.GRU.__doc__
+    _input_dim_error = "GRU: Expected input to be 2D or 3D, got {}D instead"
+
+
+_REPLACEMENTS = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Turns every torch.nn.RNN / LSTM / GRU in `model` (the model itself included, nested
+    anywhere) into its birnn_ext class, in place, and returns the model.
+
+    The module objects stay the same objects, so parameters, buffers, hooks and every
+    reference to them are kept; only their class changes, which adds no state. Subclasses of
+    the torch.nn layers are left alone: their forward may differ from torch.nn's.
+    """
+    for module in model.modules():
+        replacement = _REPLACEMENTS.get(type(module))
+        if replacement is not None:
+            module.__class__ = replacement
+    return model

@@ -1,0 +1,152 @@
+"""The custom ops: schemas for the Python fallback, fake kernels, autograd, autocast, and the
+differentiable entry point `layer()` that the modules call once per layer.
+
+Two namespaces carry the same schemas:
+  torch.ops.birnn_ext      defined in C++ (csrc/ops.cpp), CPU and CUDA kernels
+  torch.ops.birnn_ext_ref  defined here, implemented by birnn_ext/reference.py
+Both get the same fake kernels and autograd from this file, so the fallback honours the
+very same contract (opcheck, torch.compile) as the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _backend, reference
+
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+GATES = reference.GATES
+# Values per (t, b, d) row of `reserve`, in units of H: csrc/cells.h kReserve.
+RESERVE_WIDTH = {"rnn_tanh": 0, "rnn_relu": 0, "lstm": 5, "gru": 4}
+RESERVE_WIDTH_REF = dict.fromkeys(CELLS, 0)
+
+FORWARD_SCHEMA = (
+    "(Tensor input, Tensor? lengths, Tensor hx, Tensor? cx, Tensor w_ih, Tensor w_hh, "
+    "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool training) "
+    "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor reserve)")
+BACKWARD_SCHEMA = (
+    "(Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor input, Tensor? lengths, "
+    "Tensor hx, Tensor? cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+    "Tensor? w_hr, Tensor output, Tensor reserve) -> (Tensor grad_input, Tensor grad_hx, "
+    "Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, "
+    "Tensor grad_w_hr)")
+
+_ref_lib = torch.library.Library("birnn_ext_ref", "DEF")  # kept alive: owns the ref ops
+
+
+def _define_reference_ops():
+    for cell in CELLS:
+        _ref_lib.define(f"{cell}_forward{FORWARD_SCHEMA}")
+        _ref_lib.define(f"{cell}_backward{BACKWARD_SCHEMA}")
+        _ref_lib.impl(f"{cell}_forward",
+                      lambda *args, cell=cell: reference.forward(cell, *args),
+                      "CompositeExplicitAutograd")
+        _ref_lib.impl(f"{cell}_backward",
+                      lambda *args, cell=cell: reference.backward(cell, *args),
+                      "CompositeExplicitAutograd")
+
+
+def _fake_forward(cell, reserve_width):
+    def fake(input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, training):
+        T, B = input.shape[0], input.shape[1]
+        D, H = w_ih.shape[0], w_ih.shape[1] // GATES[cell]
+        h_out = w_hr.shape[1] if w_hr is not None else H
+        c_n = input.new_empty((D, B, H) if cell == "lstm" else (0,))
+        reserve = input.new_empty((T, B, D, reserve_width * H) if training else (0,))
+        return input.new_empty((T, B, D * h_out)), hx.new_empty(hx.shape), c_n, reserve
+    return fake
+
+
+def _fake_backward(grad_output, grad_h_n, grad_c_n, input, lengths, hx, cx, w_ih, w_hh,
+                   b_ih, b_hh, w_hr, output, reserve):
+    def like(t):
+        return t.new_empty(t.shape) if t is not None else input.new_empty(0)
+    return (like(input), like(hx), like(cx), like(w_ih), like(w_hh), like(b_ih), like(b_hh),
+            like(w_hr))
+
+
+def _setup_context(ctx, inputs, output):
+    input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, _training = inputs
+    ctx.save_for_backward(input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                          output[0], output[3])
+
+
+def _autograd_backward(backward_op, cell):
+    def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_reserve):
+        input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, reserve = ctx.saved_tensors
+        grads = backward_op(grad_output, grad_h_n, grad_c_n if cell == "lstm" else None,
+                            input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, reserve)
+        g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr = grads
+        return (g_in, None, g_hx, g_cx if cx is not None else None, g_wih, g_whh,
+                g_bih if b_ih is not None else None, g_bhh if b_hh is not None else None,
+                g_whr if w_hr is not None else None, None)
+    return backward
+
+
+def _register_python_side(namespace, reserve_widths):
+    ops = getattr(torch.ops, namespace)
+    for cell in CELLS:
+        fwd, bwd = f"{namespace}::{cell}_forward", f"{namespace}::{cell}_backward"
+        torch.library.register_fake(fwd)(_fake_forward(cell, reserve_widths[cell]))
+        torch.library.register_fake(bwd)(_fake_backward)
+        torch.library.register_autograd(
+            fwd, _autograd_backward(getattr(ops, f"{cell}_backward"), cell),
+            setup_context=_setup_context)
+
+
+_compiled_side_registered = False
+
+
+def _register_compiled_side():
+    """Fake kernels and autograd for the C++ ops, once their module is loaded."""
+    global _compiled_side_registered
+    if not _compiled_side_registered and _backend.compiled_module() is not None:
+        _register_python_side("birnn_ext", RESERVE_WIDTH)
+        _compiled_side_registered = True
+
+
+_define_reference_ops()
+_register_python_side("birnn_ext_ref", RESERVE_WIDTH_REF)
+if _backend.get_backend() != "python":
+    _register_compiled_side()
+
+
+def forward_op(cell: str):
+    """The forward op of `cell` in the namespace of the active backend."""
+    if _backend.get_backend() == "python":
+        return getattr(torch.ops.birnn_ext_ref, f"{cell}_forward").default
+    _register_compiled_side()
+    return getattr(torch.ops.birnn_ext, f"{cell}_forward").default
+
+
+def _autocast(t: Tensor | None, dtype: torch.dtype):
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
+def layer(cell: str, input: Tensor, lengths: Tensor | None, hx: Tensor, cx: Tensor | None,
+          w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+          w_hr: Tensor | None):
+    """One layer, both directions, differentiable: (output [T, B, D*Hout], h_n, c_n).
+
+    input [T, B, I] time-major; lengths [B] int64 on input's device or None (all T);
+    weights stacked over directions: w_ih [D, G*H, I], w_hh [D, G*H, Hout], b_* [D, G*H],
+    w_hr [D, Hout, H]. c_n is None unless cell == "lstm".
+    """
+    if cell not in GATES:
+        raise ValueError(f"birnn_ext: unknown cell {cell!r}; expected one of {CELLS}")
+    tensors = (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type):
+        # As torch.nn's RNNs under autocast: run in the autocast dtype (float64 is left alone).
+        dtype = torch.get_autocast_dtype(device_type)
+        tensors = tuple(_autocast(t, dtype) for t in tensors)
+        with torch.autocast(device_type, enabled=False):
+            return layer(cell, tensors[0], lengths, *tensors[1:])
+    training = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors)
+    output, h_n, c_n, _ = forward_op(cell)(input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                                           w_hr, training)
+    return output, h_n, (c_n if cell == "lstm" else None)
