@@ -1,0 +1,188 @@
+"""One configuration made runnable: torch.nn's module (the baseline), birnn_ext's module with the
+same weights (the candidate), three input sets, the step each mode times, and the correctness
+gate that runs before any timing.
+
+Both sides get the very same input objects: the same padded tensor, or the same PackedSequence
+(built once with enforce_sorted=False), and in train mode the same fixed random gradient for
+every output (output, h_n and, for an LSTM, c_n).
+"""
+
+import copy
+import math
+import zlib
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
+N_INPUT_SETS = 3
+
+# Which implementation plays the candidate: birnn_ext, or (--self-test) a copy of the torch.nn
+# module, which checks the harness and shows the noise floor of an A/A comparison.
+IMPLS = ("birnn_ext", "self")
+
+
+def seed_of(config):
+    return zlib.crc32(config.key().encode())
+
+
+def _dtype(config):
+    return getattr(torch, config.dtype)
+
+
+def make_baseline(config, device):
+    torch.manual_seed(seed_of(config))
+    cls = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}[config.cell]
+    return cls(config.I, config.H, num_layers=config.layers,
+               bidirectional=config.bidirectional, device=device, dtype=_dtype(config))
+
+
+def make_candidate(baseline, config, device, impl="birnn_ext"):
+    """birnn_ext's layer built with the same arguments, loaded with the baseline's weights."""
+    if impl == "self":
+        return copy.deepcopy(baseline)
+    import birnn_ext
+
+    cls = getattr(birnn_ext, config.cell)
+    module = cls(config.I, config.H, num_layers=config.layers,
+                 bidirectional=config.bidirectional, device=device, dtype=_dtype(config))
+    module.load_state_dict(baseline.state_dict())
+    return module
+
+
+def kernel_path(config, device, impl="birnn_ext"):
+    """The kernel variant birnn_ext reports for this configuration, as well as it can tell."""
+    if impl == "self":
+        return "torch.nn (self-test)"
+    import birnn_ext
+
+    if hasattr(birnn_ext, "kernel_path"):
+        dtype = _dtype(config)
+        try:
+            return str(birnn_ext.kernel_path(config.cell, device, dtype, config.B, config.H,
+                                             T=config.T, I=config.I, layers=config.layers,
+                                             bidirectional=config.bidirectional,
+                                             training=config.mode == "train"))
+        except TypeError:
+            return str(birnn_ext.kernel_path(config.cell, device, dtype, config.B, config.H))
+    if hasattr(birnn_ext, "get_backend"):
+        return str(birnn_ext.get_backend())
+    return "unknown"
+
+
+class InputSet:
+    """One input (tensor or PackedSequence), the leaf whose grad train mode computes, and the
+    fixed gradients of the outputs."""
+
+    def __init__(self, x, leaf, grads):
+        self.x, self.leaf, self.grads = x, leaf, grads
+
+
+def _lengths(config, gen):
+    low = max(1, math.ceil(0.3 * config.T))
+    return torch.randint(low, config.T + 1, (config.B,), generator=gen)
+
+
+def make_inputs(config, baseline, device):
+    """N_INPUT_SETS input sets. Varlen sets share one draw of lengths (uniform in [0.3T, T]) so
+    every timed run does the same work; only the data differ."""
+    gen = torch.Generator().manual_seed(seed_of(config) + 1)
+    dtype, train = _dtype(config), config.mode == "train"
+    lengths = _lengths(config, gen) if config.varlen else None
+    sets = []
+    for _ in range(N_INPUT_SETS):
+        padded = torch.randn(config.T, config.B, config.I, generator=gen).to(device, dtype)
+        if lengths is None:
+            x = leaf = padded.requires_grad_(train)
+        else:
+            packed = pack_padded_sequence(padded, lengths, enforce_sorted=False)
+            leaf = packed.data.detach().requires_grad_(train)
+            x = PackedSequence(leaf, packed.batch_sizes, packed.sorted_indices,
+                               packed.unsorted_indices)
+        grads = None
+        if train:
+            with torch.no_grad():
+                shapes = [t.shape for t in outputs(baseline(x))]
+            grads = [torch.randn(s, generator=gen).to(device, dtype) for s in shapes]
+        sets.append(InputSet(x, leaf, grads))
+    return sets
+
+
+def outputs(result):
+    """(output, h_n) or (output, (h_n, c_n)) -> [output tensor, h_n, (c_n)]."""
+    out, hidden = result
+    out = out.data if isinstance(out, PackedSequence) else out
+    return [out] + (list(hidden) if isinstance(hidden, tuple) else [hidden])
+
+
+class Side:
+    """One module and the inputs it runs on; `zero()` is untimed, `run(i)` is the timed step."""
+
+    def __init__(self, module, inputs, mode):
+        self.module, self.inputs, self.mode = module, inputs, mode
+        module.train(mode == "train")
+        for p in module.parameters():
+            p.requires_grad_(mode == "train")
+
+    def zero(self):
+        if self.mode == "train":
+            for p in self.module.parameters():
+                p.grad = None
+            for s in self.inputs:
+                s.leaf.grad = None
+
+    def run(self, i):
+        inp = self.inputs[i % len(self.inputs)]
+        if self.mode == "infer":
+            with torch.inference_mode():
+                self.module(inp.x)
+        else:
+            torch.autograd.backward(outputs(self.module(inp.x)), inp.grads)
+
+    def results(self, i=0):
+        """What the gate compares: the outputs, and in train mode every gradient."""
+        self.zero()
+        inp = self.inputs[i]
+        if self.mode == "infer":
+            with torch.inference_mode():
+                return [t.clone() for t in outputs(self.module(inp.x))]
+        outs = outputs(self.module(inp.x))
+        torch.autograd.backward(outs, inp.grads)
+        grads = [inp.leaf.grad] + [p.grad for _, p in sorted(self.module.named_parameters())]
+        return [t.detach() for t in outs] + grads
+
+
+def rel_err(got, ref):
+    """Largest norm(got - ref) / norm(ref) over the compared tensors (inf on a shape mismatch)."""
+    if len(got) != len(ref):
+        return math.inf
+    worst = 0.0
+    for g, r in zip(got, ref):
+        if g is None or r is None or g.shape != r.shape:
+            return math.inf
+        diff = (g.double() - r.double()).norm().item()
+        norm = r.double().norm().item()
+        err = diff / norm if norm > 0 else diff
+        worst = max(worst, err if err == err else math.inf)  # NaN counts as wrong
+    return worst
+
+
+def check(baseline, candidate, config, device):
+    """rel_err of the candidate against torch.nn on input set 0.
+
+    The reference for float32 on CUDA runs with cuDNN's TF32 off (exact float32); the timed
+    baseline keeps torch's default. Without that, a candidate that is exact in float32 would fail
+    a 1e-4 gate against cuDNN's TF32 arithmetic on Ampere and newer GPUs.
+    """
+    strict = device == "cuda" and config.dtype == "float32"
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        if strict:
+            torch.backends.cudnn.allow_tf32 = False
+        ref = baseline.results(0)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    got = candidate.results(0)
+    baseline.zero()
+    candidate.zero()
+    return rel_err(got, ref)

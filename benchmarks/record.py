@@ -1,0 +1,155 @@
+"""The record of a run (schema 1 of shared/BENCHMARKS.md): device, commit, rows; written as JSON
+and CSV, and printed as a table with a short summary."""
+
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+
+import torch
+
+ROW_FIELDS = ["cell", "mode", "dtype", "T", "B", "H", "I", "layers", "bidirectional", "varlen",
+              "status", "baseline_ms", "birnn_ms", "speedup", "rel_err", "baseline_peak_mb",
+              "birnn_peak_mb", "path", "reps", "error"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args):
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=30,
+                              cwd=REPO).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def commit():
+    """HEAD's sha, with "-dirty" when the working tree differs from it (records under
+    benchmarks/results/ do not count: they are this tool's own output)."""
+    sha = _run(["git", "rev-parse", "HEAD"]) or "unknown"
+    changes = [line for line in _run(["git", "status", "--porcelain"]).splitlines()
+               if not line[3:].startswith("benchmarks/results")]
+    return sha + ("-dirty" if changes else "")
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def device_info(device, threads):
+    if device == "cpu":
+        return {"kind": "cpu", "name": _cpu_name(), "torch": torch.__version__, "cuda": None,
+                "cudnn": None, "driver": None, "threads": threads, "cores": os.cpu_count()}
+    driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    return {"kind": "cuda", "name": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "driver": driver.splitlines()[0] if driver else None, "threads": threads,
+            "capability": ".".join(map(str, torch.cuda.get_device_capability())),
+            # torch's defaults, left alone (the protocol says so): cuDNN RNNs may use TF32.
+            "tf32": {"cudnn": torch.backends.cudnn.allow_tf32,
+                     "matmul": torch.backends.cuda.matmul.allow_tf32}}
+
+
+def short_name(info):
+    """'NVIDIA H100 80GB HBM3' -> 'h100'; 'NVIDIA GeForce RTX 4090' -> 'rtx-4090'; CPU -> 'cpu'."""
+    if info["kind"] == "cpu":
+        return "cpu"
+    words = [w for w in re.split(r"[\s_]+", info["name"])
+             if w.lower() not in ("nvidia", "geforce", "tesla", "")]
+    kept = []
+    for w in words:
+        w = re.sub(r"-?\d+GB.*$", "", w, flags=re.I)  # "A100-SXM4-80GB" -> "A100-SXM4"
+        if not w:
+            break
+        kept.append(w)
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(kept).lower()).strip("-") or "cuda"
+
+
+def tests_block(path):
+    block = {"command": None, "passed": None, "failed": None, "skipped": None}
+    if path:
+        with open(path) as f:
+            block.update(json.load(f))
+    return block
+
+
+def summary(rows):
+    """Geometric-mean speedup (all rows, and B <= 8) and the minimum speedup, over ok rows."""
+    ok = [r for r in rows if r["status"] == "ok" and r["speedup"]]
+
+    def gmean(xs):
+        return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+    return {"ok_rows": len(ok), "rows": len(rows),
+            "geomean_speedup": gmean([r["speedup"] for r in ok]),
+            "geomean_speedup_B_le_8": gmean([r["speedup"] for r in ok if r["B"] <= 8]),
+            "min_speedup": min((r["speedup"] for r in ok), default=None)}
+
+
+def build(device, info, command, tests_json, rows, grid, impl):
+    return {
+        "schema": 1,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": commit(),
+        "command": command,
+        "device": info,
+        "tests": tests_block(tests_json),
+        "grid": grid,
+        "candidate": "birnn_ext" if impl == "birnn_ext" else "torch.nn (self-test, A/A)",
+        "rows": rows,
+        "summary": summary(rows),
+    }
+
+
+def write(record, out_dir, stem):
+    """<out_dir>/<stem>.json and .csv; returns the JSON path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, stem + ".json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    with open(os.path.join(out_dir, stem + ".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(record["rows"])
+    return path
+
+
+def _num(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+def table(rows, default_key):
+    """The rows as a fixed-width table; the fastrnns default rows first, marked '*'."""
+    head = (f"  {'cell':4} {'mode':5} {'dtype':8} {'T':>4} {'B':>4} {'H':>5} {'L':>1} {'dir':3} "
+            f"{'len':6} {'torch ms':>9} {'birnn ms':>9} {'speedup':>7} {'rel_err':>8} "
+            f"{'peak MB t/b':>13} {'status':6} path")
+    lines = [head, "-" * len(head)]
+    ordered = sorted(rows, key=lambda r: not default_key(r))
+    for r in ordered:
+        peak = "-" if r["baseline_peak_mb"] is None else \
+            f"{r['baseline_peak_mb']:.0f}/{_num(r['birnn_peak_mb'], '.0f')}"
+        lines.append(
+            f"{'*' if default_key(r) else ' '} {r['cell']:4} {r['mode']:5} {r['dtype']:8} "
+            f"{r['T']:>4} {r['B']:>4} {r['H']:>5} {r['layers']:>1} "
+            f"{'bi' if r['bidirectional'] else 'uni':3} {'varlen' if r['varlen'] else 'padded':6} "
+            f"{_num(r['baseline_ms'], '9.3f')} {_num(r['birnn_ms'], '9.3f')} "
+            f"{_num(r['speedup'], '7.2f')} {_num(r['rel_err'], '8.1e')} {peak:>13} "
+            f"{r['status']:6} {r['path']}")
+    s = summary(rows)
+    lines.append("-" * len(head))
+    lines.append("* fastrnns default (LSTM, T=100, B=64, I=H=512, 1 layer, float32, bidirectional)")
+    lines.append(f"ok rows {s['ok_rows']}/{s['rows']}; speedup = torch ms / birnn ms; geomean "
+                 f"{_num(s['geomean_speedup'], '.3f')}, geomean B<=8 "
+                 f"{_num(s['geomean_speedup_B_le_8'], '.3f')}, min {_num(s['min_speedup'], '.3f')}")
+    return "\n".join(lines)

@@ -1,0 +1,202 @@
+"""birnn_ext against torch.nn, per shared/BENCHMARKS.md: a grid of configurations, each checked for
+correctness and then timed interleaved; writes <out>/<date>-<device>.json, .csv and .png.
+
+    python benchmarks/run.py --device cpu --grid quick --out benchmarks/results
+    python benchmarks/run.py --device cuda --grid standard --out OUTDIR --tests-json tests.json
+    python benchmarks/run.py --device cpu --grid cpu-issue          # the issue's CPU table
+    python benchmarks/run.py --device cpu --cell LSTM --B 1,8 --mode train --varlen
+    python benchmarks/run.py --device cpu --self-test               # torch.nn vs itself (A/A)
+
+Axis options (--cell, --dtype, --B, ...) replace that axis of the grid; see benchmarks/README.md.
+"""
+
+import argparse
+import math
+import os
+import shlex
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(1, os.path.dirname(HERE))  # the repository root: measure the checkout's birnn_ext
+
+import cases
+import grid as grids
+import plot
+import record
+import timing
+
+
+def _ints(text):
+    return [int(v) for v in text.split(",")]
+
+
+def _strs(choices):
+    def parse(text):
+        values = text.split(",")
+        bad = [v for v in values if v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad} not in {list(choices)}")
+        return values
+    return parse
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cuda", "cpu"],
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--grid", choices=list(grids.GRIDS),
+                   help="default: standard on cuda, quick on cpu")
+    p.add_argument("--out", default=os.path.join(HERE, "results"), help="output folder")
+    p.add_argument("--name", help="file stem of the outputs (default <YYYY-MM-DD>-<device>, "
+                                  "with -<grid> for a device's non-default grid and -subset "
+                                  "when axes are filtered)")
+    axes = p.add_argument_group("axes (comma-separated; each replaces that axis of the grid)")
+    axes.add_argument("--cell", type=_strs(grids.CELLS))
+    axes.add_argument("--mode", type=_strs(grids.MODES))
+    axes.add_argument("--dtype", type=_strs(grids.DTYPES))
+    axes.add_argument("--T", type=_ints)
+    axes.add_argument("--B", type=_ints)
+    axes.add_argument("--H", type=_ints, help="hidden size; the input size I equals it")
+    axes.add_argument("--layers", type=_ints)
+    lengths = axes.add_mutually_exclusive_group()
+    lengths.add_argument("--varlen", dest="varlen", action="store_const", const=[True],
+                         help="PackedSequence input, lengths uniform in [0.3T, T]")
+    lengths.add_argument("--padded", dest="varlen", action="store_const", const=[False],
+                         help="padded input, every sequence T long")
+    lengths.add_argument("--both-lengths", dest="varlen", action="store_const",
+                         const=[False, True])
+    p.add_argument("--threads", type=int,
+                   help="torch.set_num_threads for both sides (default 2 on cpu; cuda: "
+                        "torch's default)")
+    p.add_argument("--tests-json", help="JSON {command, passed, failed, skipped} of the test "
+                                        "run made with this code (scripts/gpu_check.sh)")
+    p.add_argument("--self-test", action="store_true",
+                   help="candidate = a copy of the torch.nn module (checks the harness; the "
+                        "speedups show the noise floor)")
+    p.add_argument("--budget", type=float, default=0.5,
+                   help="seconds of timed runs per side per configuration beyond which no "
+                        "more runs are added once the minimum count is reached (default 0.5)")
+    p.add_argument("--warmup", type=int, help="warm-up runs per side (at least the protocol's)")
+    p.add_argument("--min-reps", type=int, help="timed runs per side, at least (idem)")
+    p.add_argument("--max-reps", type=int, help="timed runs per side, at most")
+    p.add_argument("--list", action="store_true", help="print the configurations and exit")
+    args = p.parse_args(argv)
+    args.grid = args.grid or grids.DEFAULT_GRID[args.device]
+    if args.device == "cpu" and args.threads is None:
+        args.threads = 2
+    return args
+
+
+def measure(config, args, impl, tqdm_bar):
+    """One row of the record."""
+    row = {name: getattr(config, name) for name in
+           ["cell", "mode", "dtype", "T", "B", "H", "I", "layers", "bidirectional", "varlen"]}
+    row.update(status="ok", baseline_ms=None, birnn_ms=None, speedup=None, rel_err=None,
+               baseline_peak_mb=None, birnn_peak_mb=None, path="unknown", reps=None, error=None)
+    device = args.device
+    try:
+        row["path"] = cases.kernel_path(config, device, impl)
+    except Exception as e:  # a reporting helper must not cost the measurement
+        row["path"] = f"unknown ({type(e).__name__})"
+    protocol = timing.PROTOCOL[device]
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the previous configuration's blocks: each row starts alike
+    try:
+        baseline = cases.make_baseline(config, device)
+        candidate = cases.make_candidate(baseline, config, device, impl)
+        inputs = cases.make_inputs(config, baseline, device)
+        a = cases.Side(baseline, inputs, config.mode)
+        b = cases.Side(candidate, inputs, config.mode)
+        err = cases.check(a, b, config, device)
+        row["rel_err"] = err if math.isfinite(err) else None
+        if not err <= cases.TOLERANCE[config.dtype]:
+            row["status"] = "wrong"
+            return row
+        ms_a, ms_b, reps = timing.time_pair(
+            a, b, device,
+            warmup=max(protocol["warmup"], args.warmup or 0),
+            min_reps=max(protocol["min_reps"], args.min_reps or 0),
+            max_reps=max(protocol["min_reps"], args.min_reps or 0, args.max_reps or 200),
+            budget_s=args.budget)
+        row.update(baseline_ms=ms_a, birnn_ms=ms_b, speedup=ms_a / ms_b, reps=reps)
+        if device == "cuda" and config.mode == "train":
+            row.update(baseline_peak_mb=timing.peak_mb(a), birnn_peak_mb=timing.peak_mb(b))
+    except Exception as e:  # recorded, not raised: one failing configuration ends no grid
+        row.update(status="error", error=f"{type(e).__name__}: {e}"[:300])
+        tqdm_bar.write(f"error in {config.key()}: {row['error']}")
+    return row
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    filters = {name: getattr(args, name) for name in
+               ["cell", "mode", "dtype", "T", "B", "H", "layers", "varlen"]}
+    configs = grids.build(args.grid, filters)
+    if args.list:
+        print("\n".join(c.key() for c in configs))
+        return 0
+    impl = "self" if args.self_test else "birnn_ext"
+    if impl == "birnn_ext":
+        import birnn_ext  # noqa: F401  (fail now, not once per row)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        torch.backends.cudnn.enabled = True
+    info = record.device_info(args.device, args.threads)
+    if args.device == "cpu":
+        info["interop_threads"] = torch.get_num_interop_threads()
+    load_start = os.getloadavg()[0]
+    if args.device == "cpu" and load_start > (os.cpu_count() or 1):
+        print(f"warning: load average {load_start:.1f} on {os.cpu_count()} cores: other work "
+              "competes for the CPU and the timings will show it", file=sys.stderr)
+
+    started = time.perf_counter()
+    rows = []
+    bar = tqdm(configs, desc=f"{args.grid} on {args.device}", unit="cfg")
+    for config in bar:
+        bar.set_postfix_str(config.key())
+        rows.append(measure(config, args, impl, bar))
+    elapsed = time.perf_counter() - started
+    info["load_avg_1min"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}
+
+    command = "python " + shlex.join([sys.argv[0]] + list(argv))
+    rec = record.build(args.device, info, command, args.tests_json, rows, args.grid, impl)
+    rec["elapsed_s"] = round(elapsed, 1)
+    stem = args.name or _stem(args, info, filters, rec["date"][:10])
+    path = record.write(rec, args.out, stem)
+    png = plot.plot(rows, os.path.join(args.out, stem + ".png"),
+                    f"{rec['candidate']} vs torch.nn, {info['name']}, {args.grid} grid, "
+                    f"commit {rec['commit'][:12]}")
+
+    print(record.table(rows, lambda r: grids.is_fastrnns_default(_config_of(r))))
+    print(f"{len(rows)} configurations in {elapsed:.0f} s; device {info['name']}"
+          + (f", {args.threads} threads" if args.threads else ""))
+    print(f"wrote {path}, {path[:-5]}.csv" + (f", {png}" if png else ""))
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def _config_of(row):
+    return grids.Config(**{name: row[name] for name in
+                           ["cell", "mode", "dtype", "T", "B", "H", "I", "layers",
+                            "bidirectional", "varlen"]})
+
+
+def _stem(args, info, filters, rec_date):
+    stem = f"{rec_date}-{record.short_name(info)}"
+    if args.grid != grids.DEFAULT_GRID[args.device]:
+        stem += f"-{args.grid}"
+    if any(v is not None for v in filters.values()):
+        stem += "-subset"
+    if args.self_test:
+        stem += "-selftest"
+    return stem
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Timing of two sides interleaved (A B A B ...), per shared/BENCHMARKS.md.
+
+CPU: time.perf_counter around each run; warm-up 2 runs each, then at least 7 timed runs each.
+GPU: CUDA events around each run, the stream drained before each so a run's time includes its
+launch overhead and nothing queued before it; warm-up at least 10 runs each, then at least 50
+timed runs each. Runs rotate among the input sets (run i uses set i % 3).
+
+Past the minimum, a side keeps being timed while the configuration's time budget lasts (up to
+max_reps), so fast configurations get more runs and slow ones stop at the minimum. The result is
+the median of each side's runs, in milliseconds.
+"""
+
+import statistics
+import time
+
+import torch
+
+PROTOCOL = {  # the minimums; the command line may raise them, never lower them
+    "cpu": dict(warmup=2, min_reps=7),
+    "cuda": dict(warmup=10, min_reps=50),
+}
+
+
+def _timer(device):
+    if device == "cpu":
+        def timed(side, i):
+            side.zero()
+            start = time.perf_counter()
+            side.run(i)
+            return (time.perf_counter() - start) * 1e3
+        return timed
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def timed(side, i):
+        side.zero()
+        torch.cuda.synchronize()
+        start.record()
+        side.run(i)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    return timed
+
+
+def time_pair(a, b, device, warmup, min_reps, max_reps, budget_s):
+    """Median ms of side a and side b, and how many timed runs each got."""
+    timed = _timer(device)
+    for i in range(warmup):
+        for side in (a, b):
+            side.zero()
+            side.run(i)
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+    times_a, times_b = [], []
+    began = time.perf_counter()
+    for i in range(max_reps):
+        times_a.append(timed(a, i))
+        times_b.append(timed(b, i))
+        if i + 1 >= min_reps and time.perf_counter() - began >= 2 * budget_s:
+            break
+    a.zero()
+    b.zero()
+    return statistics.median(times_a), statistics.median(times_b), len(times_a)
+
+
+def peak_mb(side):
+    """Working memory of one train step on the GPU: torch.cuda.max_memory_allocated() after a
+    reset, less what was allocated at the reset (weights, inputs), in MiB."""
+    side.zero()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    side.run(0)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    side.zero()
+    return peak / 2**20
