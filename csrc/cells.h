@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define BIRNN_HOST_DEVICE __host__ __device__ __forceinline__
@@ -32,9 +33,27 @@ BIRNN_HOST_DEVICE double exp_(double x) { return ::exp(x); }
 BIRNN_HOST_DEVICE float tanh_(float x) { return ::tanhf(x); }
 BIRNN_HOST_DEVICE double tanh_(double x) { return ::tanh(x); }
 
+// The math type's primitives. A is a scalar (float, double) here; the CPU driver
+// specialises Math for SIMD vectors (csrc/cpu/pointwise_avx2.cpp), so the cells below run
+// unchanged over 4 or 8 hidden units at a time. load/store convert from/to storage type T.
+template <typename A>
+struct Math {
+  template <typename T>
+  BIRNN_HOST_DEVICE static A load(const T* p, int64_t i) { return A(p[i]); }
+  template <typename T>
+  BIRNN_HOST_DEVICE static A load_or_zero(const T* p, int64_t i) { return p ? A(p[i]) : A(0); }
+  template <typename T>
+  BIRNN_HOST_DEVICE static void store(T* p, int64_t i, A v) { p[i] = T(v); }
+  BIRNN_HOST_DEVICE static A exp(A x) { return exp_(x); }
+  BIRNN_HOST_DEVICE static A tanh(A x) { return tanh_(x); }
+  BIRNN_HOST_DEVICE static A relu(A x) { return x > A(0) ? x : A(0); }
+  // d relu(pre) given the output h = relu(pre): dh where h > 0, else 0.
+  BIRNN_HOST_DEVICE static A relu_grad(A h, A dh) { return h > A(0) ? dh : A(0); }
+};
+
 template <typename A>
 BIRNN_HOST_DEVICE A sigmoid_(A x) {
-  return A(1) / (A(1) + exp_(-x));
+  return A(1) / (A(1) + Math<A>::exp(A(0) - x));
 }
 
 // Row pointers handed to a cell's forward for one (t, b, d). Sizes in units of H.
@@ -73,18 +92,20 @@ struct RnnCell {
   static constexpr bool kSplitHiddenGrad = false;  // dgates_h == dgates_x
 
   template <typename T, typename A>
-  BIRNN_HOST_DEVICE static void forward(const ForwardRow<T>& r, int j, int H) {
-    A pre = A(r.gates_x[j]) + A(r.gates_h[j]) + (r.b_hh ? A(r.b_hh[j]) : A(0));
-    A h = Kind == CellKind::RnnTanh ? tanh_(pre) : (pre > A(0) ? pre : A(0));
-    r.h[j] = T(h);
+  BIRNN_HOST_DEVICE static void forward(const ForwardRow<T>& r, int64_t j, int64_t H) {
+    using M = Math<A>;
+    A pre = M::load(r.gates_x, j) + M::load(r.gates_h, j) + M::load_or_zero(r.b_hh, j);
+    A h = Kind == CellKind::RnnTanh ? M::tanh(pre) : M::relu(pre);
+    M::store(r.h, j, h);
   }
 
   template <typename T, typename A>
-  BIRNN_HOST_DEVICE static void backward(const BackwardRow<T>& r, int j, int H) {
-    A h = A(r.h[j]);
-    A dh = A(r.dh[j]);
-    A dpre = Kind == CellKind::RnnTanh ? dh * (A(1) - h * h) : (h > A(0) ? dh : A(0));
-    r.dgates_x[j] = T(dpre);
+  BIRNN_HOST_DEVICE static void backward(const BackwardRow<T>& r, int64_t j, int64_t H) {
+    using M = Math<A>;
+    A h = M::load(r.h, j);
+    A dh = M::load(r.dh, j);
+    A dpre = Kind == CellKind::RnnTanh ? dh * (A(1) - h * h) : M::relu_grad(h, dh);
+    M::store(r.dgates_x, j, dpre);
   }
 };
 
@@ -96,43 +117,45 @@ struct LstmCell {
   static constexpr bool kSplitHiddenGrad = false;
 
   template <typename T, typename A>
-  BIRNN_HOST_DEVICE static void forward(const ForwardRow<T>& r, int j, int H) {
+  BIRNN_HOST_DEVICE static void forward(const ForwardRow<T>& r, int64_t j, int64_t H) {
+    using M = Math<A>;
     A pre[4];
     for (int k = 0; k < 4; ++k) {
-      int idx = k * H + j;
-      pre[k] = A(r.gates_x[idx]) + A(r.gates_h[idx]) + (r.b_hh ? A(r.b_hh[idx]) : A(0));
+      const int64_t idx = k * H + j;
+      pre[k] = M::load(r.gates_x, idx) + M::load(r.gates_h, idx) + M::load_or_zero(r.b_hh, idx);
     }
     A i = sigmoid_(pre[0]);
     A f = sigmoid_(pre[1]);
-    A g = tanh_(pre[2]);
+    A g = M::tanh(pre[2]);
     A o = sigmoid_(pre[3]);
-    A c = f * A(r.c_prev[j]) + i * g;
-    r.c[j] = T(c);
-    r.h[j] = T(o * tanh_(c));
+    A c = f * M::load(r.c_prev, j) + i * g;
+    M::store(r.c, j, c);
+    M::store(r.h, j, o * M::tanh(c));
     if (r.reserve) {
-      r.reserve[0 * H + j] = T(i);
-      r.reserve[1 * H + j] = T(f);
-      r.reserve[2 * H + j] = T(g);
-      r.reserve[3 * H + j] = T(o);
-      r.reserve[4 * H + j] = T(c);
+      M::store(r.reserve, 0 * H + j, i);
+      M::store(r.reserve, 1 * H + j, f);
+      M::store(r.reserve, 2 * H + j, g);
+      M::store(r.reserve, 3 * H + j, o);
+      M::store(r.reserve, 4 * H + j, c);
     }
   }
 
   template <typename T, typename A>
-  BIRNN_HOST_DEVICE static void backward(const BackwardRow<T>& r, int j, int H) {
-    A i = A(r.reserve[0 * H + j]);
-    A f = A(r.reserve[1 * H + j]);
-    A g = A(r.reserve[2 * H + j]);
-    A o = A(r.reserve[3 * H + j]);
-    A tanh_c = tanh_(A(r.reserve[4 * H + j]));
-    A dm = A(r.dh[j]);
-    A dc = A(r.dc[j]) + dm * o * (A(1) - tanh_c * tanh_c);
-    A di = dc * g, df = dc * A(r.c_prev[j]), dg = dc * i, d_o = dm * tanh_c;
-    r.dgates_x[0 * H + j] = T(di * i * (A(1) - i));
-    r.dgates_x[1 * H + j] = T(df * f * (A(1) - f));
-    r.dgates_x[2 * H + j] = T(dg * (A(1) - g * g));
-    r.dgates_x[3 * H + j] = T(d_o * o * (A(1) - o));
-    r.dc[j] = T(dc * f);
+  BIRNN_HOST_DEVICE static void backward(const BackwardRow<T>& r, int64_t j, int64_t H) {
+    using M = Math<A>;
+    A i = M::load(r.reserve, 0 * H + j);
+    A f = M::load(r.reserve, 1 * H + j);
+    A g = M::load(r.reserve, 2 * H + j);
+    A o = M::load(r.reserve, 3 * H + j);
+    A tanh_c = M::tanh(M::load(r.reserve, 4 * H + j));
+    A dm = M::load(r.dh, j);
+    A dc = M::load(r.dc, j) + dm * o * (A(1) - tanh_c * tanh_c);
+    A di = dc * g, df = dc * M::load(r.c_prev, j), dg = dc * i, d_o = dm * tanh_c;
+    M::store(r.dgates_x, 0 * H + j, di * i * (A(1) - i));
+    M::store(r.dgates_x, 1 * H + j, df * f * (A(1) - f));
+    M::store(r.dgates_x, 2 * H + j, dg * (A(1) - g * g));
+    M::store(r.dgates_x, 3 * H + j, d_o * o * (A(1) - o));
+    M::store(r.dc, j, dc * f);
   }
 };
 
@@ -144,40 +167,42 @@ struct GruCell {
   static constexpr bool kSplitHiddenGrad = true;  // the n gate's two sides differ by r
 
   template <typename T, typename A>
-  BIRNN_HOST_DEVICE static void forward(const ForwardRow<T>& r, int j, int H) {
-    A hr = A(r.gates_h[0 * H + j]) + (r.b_hh ? A(r.b_hh[0 * H + j]) : A(0));
-    A hz = A(r.gates_h[1 * H + j]) + (r.b_hh ? A(r.b_hh[1 * H + j]) : A(0));
-    A hn = A(r.gates_h[2 * H + j]) + (r.b_hh ? A(r.b_hh[2 * H + j]) : A(0));
-    A rg = sigmoid_(A(r.gates_x[0 * H + j]) + hr);
-    A z = sigmoid_(A(r.gates_x[1 * H + j]) + hz);
-    A n = tanh_(A(r.gates_x[2 * H + j]) + rg * hn);
-    A h_prev = A(r.h_prev[j]);
-    r.h[j] = T((A(1) - z) * n + z * h_prev);
+  BIRNN_HOST_DEVICE static void forward(const ForwardRow<T>& r, int64_t j, int64_t H) {
+    using M = Math<A>;
+    A hr = M::load(r.gates_h, 0 * H + j) + M::load_or_zero(r.b_hh, 0 * H + j);
+    A hz = M::load(r.gates_h, 1 * H + j) + M::load_or_zero(r.b_hh, 1 * H + j);
+    A hn = M::load(r.gates_h, 2 * H + j) + M::load_or_zero(r.b_hh, 2 * H + j);
+    A rg = sigmoid_(M::load(r.gates_x, 0 * H + j) + hr);
+    A z = sigmoid_(M::load(r.gates_x, 1 * H + j) + hz);
+    A n = M::tanh(M::load(r.gates_x, 2 * H + j) + rg * hn);
+    A h_prev = M::load(r.h_prev, j);
+    M::store(r.h, j, (A(1) - z) * n + z * h_prev);
     if (r.reserve) {
-      r.reserve[0 * H + j] = T(rg);
-      r.reserve[1 * H + j] = T(z);
-      r.reserve[2 * H + j] = T(n);
-      r.reserve[3 * H + j] = T(hn);
+      M::store(r.reserve, 0 * H + j, rg);
+      M::store(r.reserve, 1 * H + j, z);
+      M::store(r.reserve, 2 * H + j, n);
+      M::store(r.reserve, 3 * H + j, hn);
     }
   }
 
   template <typename T, typename A>
-  BIRNN_HOST_DEVICE static void backward(const BackwardRow<T>& r, int j, int H) {
-    A rg = A(r.reserve[0 * H + j]);
-    A z = A(r.reserve[1 * H + j]);
-    A n = A(r.reserve[2 * H + j]);
-    A hn = A(r.reserve[3 * H + j]);
-    A dh = A(r.dh[j]);
+  BIRNN_HOST_DEVICE static void backward(const BackwardRow<T>& r, int64_t j, int64_t H) {
+    using M = Math<A>;
+    A rg = M::load(r.reserve, 0 * H + j);
+    A z = M::load(r.reserve, 1 * H + j);
+    A n = M::load(r.reserve, 2 * H + j);
+    A hn = M::load(r.reserve, 3 * H + j);
+    A dh = M::load(r.dh, j);
     A dn = dh * (A(1) - z) * (A(1) - n * n);
-    A dz = dh * (A(r.h_prev[j]) - n) * z * (A(1) - z);
+    A dz = dh * (M::load(r.h_prev, j) - n) * z * (A(1) - z);
     A dr = dn * hn * rg * (A(1) - rg);
-    r.dgates_x[0 * H + j] = T(dr);
-    r.dgates_x[1 * H + j] = T(dz);
-    r.dgates_x[2 * H + j] = T(dn);
-    r.dgates_h[0 * H + j] = T(dr);
-    r.dgates_h[1 * H + j] = T(dz);
-    r.dgates_h[2 * H + j] = T(dn * rg);
-    r.dh_prev[j] = T(dh * z);
+    M::store(r.dgates_x, 0 * H + j, dr);
+    M::store(r.dgates_x, 1 * H + j, dz);
+    M::store(r.dgates_x, 2 * H + j, dn);
+    M::store(r.dgates_h, 0 * H + j, dr);
+    M::store(r.dgates_h, 1 * H + j, dz);
+    M::store(r.dgates_h, 2 * H + j, dn * rg);
+    M::store(r.dh_prev, j, dh * z);
   }
 };
 

@@ -15,9 +15,22 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b,
             const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+// MKL's C entry point (the lower-case name is its Fortran one, which takes a pointer).
+int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 }
 
 namespace birnn::cpu {
+
+// Makes MKL single-threaded on this thread for the guard's lifetime (no-op without MKL).
+struct SingleThreadedBlas {
+  int previous = 0;
+  SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
+  }
+};
 
 // Column-major BLAS call, or false when no BLAS symbol is available for this type.
 template <typename T>

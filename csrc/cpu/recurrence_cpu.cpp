@@ -17,6 +17,7 @@
 #include "../birnn.h"
 #include "../register.h"
 #include "gemm_cpu.h"
+#include "pointwise.h"
 
 namespace birnn {
 namespace {
@@ -39,16 +40,22 @@ Lengths lengths_of(const at::Tensor& lengths, int64_t T) {
 }
 
 // Runs fn(d) for each direction d, the two directions concurrently when threads allow.
+// Inside a direction's task BLAS runs single-threaded: the other direction has the other
+// thread, and a nested BLAS thread team would only fight it for the cores.
 template <typename Fn>
 void for_each_direction(int64_t D, const Fn& fn) {
+  if (D == 1 || at::get_num_threads() < 2) {
+    for (int64_t d = 0; d < D; ++d) fn(static_cast<int>(d));
+    return;
+  }
   at::parallel_for(0, D, 1, [&](int64_t begin, int64_t end) {
+    const cpu::SingleThreadedBlas guard;
     for (int64_t d = begin; d < end; ++d) fn(static_cast<int>(d));
   });
 }
 
 template <typename Cell, typename T>
 void forward_direction(const ForwardArgs& a, int d) {
-  using A = at::opmath_type<T>;
   const int64_t T_ = a.output.size(0), B = a.output.size(1), D = a.output.size(2);
   const int64_t Hout = a.output.size(3), GH = a.w_hh.size(1), H = GH / Cell::kGates;
   const int64_t R = Cell::kReserve * H;
@@ -86,7 +93,7 @@ void forward_direction(const ForwardArgs& a, int d) {
       T* c_row = c ? c + b * H : nullptr;
       const ForwardRow<T> r{gates_x + row * GH, gates_h.data() + b * GH, b_hh, h_row, c_row,
                             proj ? m.data() + b * H : h_row, c_row, reserve_row};
-      for (int64_t j = 0; j < H; ++j) Cell::template forward<T, A>(r, j, H);
+      cpu::forward_row<Cell, T>(r, H);
       if (!proj) std::copy(h_row, h_row + Hout, out_row);
     }
     if (proj && any_valid) {
@@ -172,7 +179,7 @@ void backward_direction(const BackwardArgs& a, int d) {
                              dh + b * Hout,
                              dgates_x + row * GH,
                              dgates_h + row * GH};
-      for (int64_t j = 0; j < H; ++j) Cell::template backward<T, A>(r, j, H);
+      cpu::backward_row<Cell, T>(r, H);
     }
     // carry += dgates_h @ W_hh: the gradient reaching the previous step's h.
     gemm_nn<T>(B, Hout, GH, dgates_h + (t * B * D + d) * GH, D * GH, w_hh, Hout, T(1), dh,

@@ -1,0 +1,54 @@
+// The CPU's per-row pointwise pass: a cell's forward or backward over the H hidden units of
+// one (t, b, d) row. The cell math is csrc/cells.h's; on a CPU with AVX2 and FMA the bulk of
+// the row runs 8 floats (4 doubles) at a time through the same cell structs instantiated
+// with SIMD vectors (pointwise_avx2.cpp), and the tail in scalar code.
+#pragma once
+
+#include <ATen/OpMathType.h>
+
+#include <type_traits>
+
+#include "../cells.h"
+
+namespace birnn::cpu {
+
+// True when this CPU runs the AVX2 loops (and BIRNN_EXT_CPU_SIMD is not "0"); checked once.
+bool use_avx2();
+
+namespace avx2 {
+// Defined for T = float and double in pointwise_avx2.cpp. They process the leading units
+// in whole vectors and return how many they did.
+template <typename Cell, typename T>
+int64_t forward_units(const ForwardRow<T>& r, int64_t H);
+template <typename Cell, typename T>
+int64_t backward_units(const BackwardRow<T>& r, int64_t H);
+}  // namespace avx2
+
+// The SIMD loops exist for float and double on x86-64 (elsewhere use_avx2() is false).
+template <typename T>
+constexpr bool kHasSimdPath =
+#if defined(__x86_64__)
+    std::is_same_v<T, float> || std::is_same_v<T, double>;
+#else
+    false;
+#endif
+
+template <typename Cell, typename T>
+void forward_row(const ForwardRow<T>& r, int64_t H) {
+  int64_t j = 0;
+  if constexpr (kHasSimdPath<T>) {
+    if (use_avx2()) j = avx2::forward_units<Cell, T>(r, H);
+  }
+  for (; j < H; ++j) Cell::template forward<T, at::opmath_type<T>>(r, j, H);
+}
+
+template <typename Cell, typename T>
+void backward_row(const BackwardRow<T>& r, int64_t H) {
+  int64_t j = 0;
+  if constexpr (kHasSimdPath<T>) {
+    if (use_avx2()) j = avx2::backward_units<Cell, T>(r, H);
+  }
+  for (; j < H; ++j) Cell::template backward<T, at::opmath_type<T>>(r, j, H);
+}
+
+}  // namespace birnn::cpu
