@@ -1,0 +1,45 @@
+"""Shared fixtures: poisoned buffers, seeds, backend switching, the `cuda` marker."""
+
+import os
+
+# Before birnn_ext loads: the C++ ops fill every buffer a kernel must write with NaN first, so
+# a value a kernel forgot to write cannot pass a test unnoticed.
+os.environ["BIRNN_EXT_POISON"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import birnn_ext  # noqa: E402
+
+CPU_BACKENDS = ("cpp", "python")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same RNG state, so its random inputs are reproducible."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    """No test leaks its backend choice into the next one."""
+    before = birnn_ext.get_backend()
+    yield
+    birnn_ext.set_backend(before)
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request):
+    """Runs the test once per CPU backend: the compiled ops and the pure-Python fallback."""
+    assert birnn_ext.set_backend(request.param) == request.param
+    assert birnn_ext.get_backend() == request.param
+    return request.param

@@ -1,0 +1,279 @@
+"""GPU tests (marked `cuda`, skipped without a GPU): parity with torch.nn/cuDNN and with the
+CPU path in float32 / float16 / bfloat16, gradcheck and opcheck on the GPU, torch.compile,
+CUDA graph capture and replay, a non-default current stream, two threads at once, no memory
+growth, autocast, and device errors."""
+
+import dataclasses
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import birnn_ext
+from birnn_ext import ops
+from helpers import CELLS, Case, assert_same, make_inputs, make_pair, op_inputs, run
+
+pytestmark = pytest.mark.cuda
+
+FLOAT32_TOL = dict(atol=2e-5, rtol=1e-4)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(autouse=True)
+def _cuda_backend():
+    assert birnn_ext.set_backend("cuda") == "cuda"
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32_reference():
+    """cuDNN and cuBLAS may use TF32 for float32, which would blur the comparison."""
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        yield
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _cases():
+    for cell in CELLS:
+        for mode in ("padded", "packed"):
+            for dtype in (torch.float32, *LOW_PRECISION):
+                yield Case(cell=cell, mode=mode, bidirectional=True, num_layers=2, dtype=dtype,
+                           h0=mode == "packed", batch_first=dtype == torch.float16,
+                           proj_size=2 if cell == "lstm" and dtype == torch.float32 else 0,
+                           device="cuda")
+
+
+CASES = list(_cases())
+
+
+def _as(result, dtype, device):
+    return {k: (v.to(device, dtype) if v is not None and v.is_floating_point()
+                else (v.to(device) if v is not None else None))
+            for k, v in result.items()}
+
+
+def _float64_cpu_run(case, state_dict, inputs):
+    """The same case in float64 through torch.nn on the CPU: the ground truth."""
+    truth_case = dataclasses.replace(case, device="cpu", dtype=torch.float64)
+    truth, _ = truth_case.make_pair()
+    truth.load_state_dict({k: v.double().cpu() for k, v in state_dict.items()})
+    return run(truth, truth_case, _as(inputs, torch.float64, "cpu"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_parity_with_cudnn(case):
+    """float32: equal to torch.nn (cuDNN) up to rounding. float16 / bfloat16: rounding makes
+    both differ from the exact result, so each is measured against a float64 run of the same
+    weights and inputs, and birnn_ext's error may be at most twice torch.nn's (plus a floor)."""
+    ref, ours = case.make_pair()
+    inputs = make_inputs(case)
+    expected, actual = run(ref, case, inputs), run(ours, case, inputs)
+    if case.dtype == torch.float32:
+        assert_same(expected, actual, **FLOAT32_TOL)
+        return
+    truth = _float64_cpu_run(case, ref.state_dict(), inputs)
+    floor = 1e-2 if case.dtype == torch.float16 else 5e-2
+    for name, exact in truth.items():
+        if exact is None or not exact.is_floating_point():
+            continue
+        assert actual[name].dtype == expected[name].dtype == case.dtype, name
+        assert torch.isfinite(actual[name]).all(), name
+        err_ref = (expected[name].double().cpu() - exact).abs().max().item()
+        err_our = (actual[name].double().cpu() - exact).abs().max().item()
+        scale = max(1.0, exact.abs().max().item())
+        assert err_our <= 2 * err_ref + floor * scale, (name, err_our, err_ref)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.dtype == torch.float32],
+                         ids=lambda c: c.id)
+def test_parity_with_cpu_path(case):
+    """The GPU kernels against birnn_ext's own CPU kernels (float64 on the CPU)."""
+    _, ours = case.make_pair()
+    cpu_case = dataclasses.replace(case, device="cpu", dtype=torch.float64)
+    _, cpu = cpu_case.make_pair()
+    cpu.load_state_dict({k: v.double().cpu() for k, v in ours.state_dict().items()})
+    inputs = make_inputs(case)
+    host = run(cpu, cpu_case, _as(inputs, torch.float64, "cpu"))
+    gpu = run(ours, case, inputs)
+    assert_same(_as(host, torch.float32, "cpu"), _as(gpu, torch.float32, "cpu"), **FLOAT32_TOL)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_float64(cell):
+    args = op_inputs(cell, 2, True, 2 if cell == "lstm" else 0, (3, 1, 4), device="cuda",
+                     requires_grad=True)
+    lengths = args[1]
+    positions = [i for i, a in enumerate(args) if a is not None and i != 1]
+
+    def fn(*tensors):
+        full = [None] * 9
+        full[1] = lengths
+        for pos, t in zip(positions, tensors):
+            full[pos] = t
+        return tuple(o for o in ops.layer(cell, *full) if o is not None)
+
+    assert torch.autograd.gradcheck(fn, [args[i] for i in positions], eps=1e-6, atol=1e-7,
+                                    rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_opcheck(cell):
+    fwd = getattr(torch.ops.birnn_ext, f"{cell}_forward").default
+    bwd = getattr(torch.ops.birnn_ext, f"{cell}_backward").default
+    for training in (True, False):
+        args = op_inputs(cell, 2, True, 0, (3, 1, 4), dtype=torch.float32, device="cuda",
+                         requires_grad=training)
+        torch.library.opcheck(fwd, (*args, training))
+    args = op_inputs(cell, 2, True, 0, (3, 1, 4), dtype=torch.float32, device="cuda")
+    output, h_n, c_n, reserve = fwd(*args, True)
+    grad_c = torch.randn_like(c_n) if cell == "lstm" else None
+    torch.library.opcheck(bwd, (torch.randn_like(output), torch.randn_like(h_n), grad_c, *args,
+                                output, reserve))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    model = birnn_ext.LSTM(5, 8, num_layers=2, bidirectional=True, device="cuda")
+    x = torch.randn(7, 3, 5, device="cuda")
+    expected = model(x)[0]
+    with torch._dynamo.config.patch(allow_rnn=True):
+        got = torch.compile(model, fullgraph=True)(x)[0]
+    torch.testing.assert_close(got, expected, **FLOAT32_TOL)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_graph_capture_and_replay(cell):
+    """ops.layer with device lengths is capturable; a replay with new input and new lengths
+    equals an eager call."""
+    args = op_inputs(cell, 2, True, 0, (5, 2, 7, 1), steps=7, hidden=16, input_size=8,
+                     dtype=torch.float32, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(3):   # warm up outside the capture (allocator, handles, pools)
+            ops.layer(cell, *args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_out = ops.layer(cell, *args)
+    for lengths in ((7, 7, 7, 7), (1, 3, 6, 2)):
+        args[0].copy_(torch.randn_like(args[0]))
+        args[1].copy_(torch.tensor(lengths))
+        graph.replay()
+        with torch.no_grad():
+            expected = ops.layer(cell, *args)
+        for e, g in zip(expected, static_out):
+            if e is not None:
+                torch.testing.assert_close(g, e, atol=0, rtol=0)
+
+
+def test_non_default_stream():
+    ref, ours = make_pair("lstm", num_layers=2, bidirectional=True, dtype=torch.float32,
+                          device="cuda")
+    x = torch.randn(50, 16, 5, device="cuda")
+    expected = ref(x)[0]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        y = x * 2 - x                      # produced on the side stream right before the call
+        got = ours(y)[0]
+        got.sum().backward()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(got, expected, **FLOAT32_TOL)
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters())
+
+
+def test_two_threads_at_once():
+    _, ours = make_pair("gru", num_layers=2, bidirectional=True, dtype=torch.float32,
+                        device="cuda")
+    inputs = [torch.randn(30, 8, 5, device="cuda") for _ in range(2)]
+    with torch.no_grad():
+        expected = [ours(x)[0] for x in inputs]
+    results, errors = [[], []], []
+
+    def work(i):
+        try:
+            with torch.cuda.stream(torch.cuda.Stream()), torch.no_grad():
+                for _ in range(20):
+                    results[i].append(ours(inputs[i])[0])
+                torch.cuda.current_stream().synchronize()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(2):
+        for got in results[i]:
+            torch.testing.assert_close(got, expected[i], atol=0, rtol=0)
+
+
+def test_no_memory_growth():
+    _, ours = make_pair("lstm", num_layers=2, bidirectional=True, dtype=torch.float32,
+                        device="cuda")
+    x = torch.randn(20, 4, 5, device="cuda", requires_grad=True)
+
+    def step():
+        out, (h, c) = ours(x)
+        (out.sum() + h.sum() + c.sum()).backward()
+        ours.zero_grad(set_to_none=False)
+        x.grad = None
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for _ in range(50):
+        step()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_autocast_like_torch_nn(cell):
+    """Under autocast("cuda") (float16) the outputs come back in torch.nn's dtype."""
+    ref, ours = make_pair(cell, num_layers=2, bidirectional=True, dtype=torch.float32,
+                          device="cuda")
+    x = torch.randn(6, 3, 5, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        out_ref, state_ref = ref(x)
+        out_our, state_our = ours(x)
+    assert out_our.dtype == out_ref.dtype
+    flat = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
+    assert [s.dtype for s in flat(state_our)] == [s.dtype for s in flat(state_ref)]
+    torch.testing.assert_close(out_our.float(), out_ref.float(), atol=1e-2, rtol=1e-2)
+    out_our.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_device_mismatch_like_torch_nn(cell):
+    ref, ours = make_pair(cell, dtype=torch.float32)            # weights on the CPU
+    x = torch.randn(6, 3, 5, device="cuda")
+    errors = []
+    for model in (ref, ours):
+        with pytest.raises(RuntimeError) as info:
+            model(x)
+        errors.append(str(info.value))
+    assert errors[1] == errors[0]
+
+
+def test_op_lengths_on_the_cpu_is_an_error():
+    args = op_inputs("lstm", dtype=torch.float32, device="cuda")
+    args[1] = args[1].cpu()
+    with pytest.raises(RuntimeError, match="lengths"):
+        torch.ops.birnn_ext.lstm_forward(*args, False)
+
+
+def test_cuda_backend_selected_and_used():
+    assert birnn_ext.get_backend() == "cuda"
+    model = nn.Sequential(birnn_ext.GRU(5, 4, bidirectional=True, device="cuda"))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model(torch.randn(3, 2, 5, device="cuda"))
+    assert any(e.key == "birnn_ext::gru_forward" for e in prof.key_averages())

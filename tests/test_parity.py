@@ -1,0 +1,58 @@
+"""birnn_ext layers equal torch.nn's on the CPU: outputs, h_n, c_n and every gradient.
+
+Every cell runs all combinations of input mode x bidirectional x num_layers x dtype; bias,
+batch_first, h0 and (LSTM) proj_size are spread over those rows so that every pair of option
+values meets at least once (helpers.covering). Each case runs through both CPU backends (the
+compiled ops and the pure-Python fallback) via the `backend` fixture.
+"""
+
+import pytest
+import torch
+
+from helpers import CELLS, Case, check_parity, covering
+
+MODES = ("padded", "packed", "sorted", "unbatched")
+
+
+def _cases():
+    cases = []
+    for cell in CELLS:
+        key = dict(mode=list(MODES), bidirectional=[False, True], num_layers=[1, 2, 3],
+                   dtype=[torch.float64, torch.float32])
+        others = dict(bias=[True, False], batch_first=[False, True], h0=[False, True])
+        if cell == "lstm":
+            others["proj_size"] = [0, 2]
+        cases += [Case(cell=cell, **row) for row in covering(key, others)]
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_parity_with_torch_nn(case, backend):
+    check_parity(case)
+
+
+def test_cases_cover_every_option_with_every_cell():
+    """The grid above really holds every option value for every cell (guards _cases)."""
+    for cell in CELLS:
+        rows = [c for c in CASES if c.cell == cell]
+        assert {c.bias for c in rows} == {True, False}
+        assert {c.batch_first for c in rows} == {True, False}
+        assert {c.h0 for c in rows} == {True, False}
+        assert {(c.mode, c.h0) for c in rows} == {(m, h) for m in MODES for h in (True, False)}
+        if cell == "lstm":
+            assert {(c.mode, c.proj_size) for c in rows} == {(m, p) for m in MODES
+                                                              for p in (0, 2)}
+            assert {(c.bidirectional, c.proj_size) for c in rows} == {
+                (b, p) for b in (False, True) for p in (0, 2)}
+            assert {(c.num_layers, c.proj_size) for c in rows} == {
+                (n, p) for n in (1, 2, 3) for p in (0, 2)}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_longer_sequence_and_wider_layer(cell, backend):
+    """One larger bidirectional 2-layer packed case (T=7, H=8) per cell."""
+    check_parity(Case(cell=cell, mode="packed", bidirectional=True, num_layers=2, h0=True,
+                      proj_size=3 if cell == "lstm" else 0, hidden_size=8, steps=7))
