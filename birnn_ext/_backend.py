@@ -119,3 +119,14 @@ def _init_from_env():
     if requested == "auto" and _load_note != "prebuilt module birnn_ext._C":
         warnings.warn(f"birnn_ext: using the {_active!r} backend ({_load_note})",
                       RuntimeWarning, stacklevel=3)
+
+
+def kernel_path(device="cpu") -> str:
+    """Names the kernel variant a layer on `device` runs with the active backend, e.g.
+    "cpu-avx2", "cpu-scalar", "cuda-standard" or "python-reference" (benchmark records)."""
+    backend = get_backend()
+    if backend == "python":
+        return "python-reference"
+    if str(device).startswith("cuda"):
+        return "cuda-standard"
+    return "cpu-avx2" if compiled_module().cpu_simd() else "cpu-scalar"

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "birnn.h"
+#include "cpu/pointwise.h"
 
 #ifndef BIRNN_CUDA_ARCHS
 #define BIRNN_CUDA_ARCHS ""
@@ -63,4 +64,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
     info["torch_version"] = BIRNN_TORCH_VERSION;
     return info;
   });
+  module.def("cpu_simd", &birnn::cpu::use_avx2,
+             "Whether the CPU pointwise pass runs on AVX2 vectors on this machine");
 }
