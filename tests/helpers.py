@@ -171,6 +171,39 @@ def check_parity(case: Case):
     assert_same(expected, actual, **TOL[case.dtype])
 
 
+def cast(result: dict, dtype, device):
+    """Every floating tensor of `result` cast to dtype and moved to device (others moved)."""
+    return {k: (v.to(device, dtype) if v is not None and v.is_floating_point()
+                else (v.to(device) if v is not None else None))
+            for k, v in result.items()}
+
+
+def check_low_precision(case: Case, ref, ours):
+    """float16 / bfloat16: rounding makes torch.nn and birnn_ext both differ from the exact
+    result, so each is measured against a float64 CPU run of the same weights and inputs;
+    birnn_ext's error may be at most twice torch.nn's, plus a floor."""
+    inputs = make_inputs(case)
+    expected, actual = run(ref, case, inputs), run(ours, case, inputs)
+    truth_case = dataclasses.replace(case, device="cpu", dtype=torch.float64)
+    truth, _ = truth_case.make_pair()
+    truth.load_state_dict({k: v.double().cpu() for k, v in ref.state_dict().items()})
+    exact = run(truth, truth_case, cast(inputs, torch.float64, "cpu"))
+    floor = 1e-2 if case.dtype == torch.float16 else 5e-2
+    assert expected.keys() == actual.keys() == exact.keys()
+    for name, value in exact.items():
+        if value is None or not value.is_floating_point():
+            assert (actual[name] is None) == (value is None), name
+            if value is not None:
+                assert torch.equal(actual[name].cpu(), value), name
+            continue
+        assert actual[name].dtype == expected[name].dtype == case.dtype, name
+        assert torch.isfinite(actual[name]).all(), f"{name}: non-finite values"
+        err_ref = (expected[name].double().cpu() - value).abs().max().item()
+        err_our = (actual[name].double().cpu() - value).abs().max().item()
+        scale = max(1.0, value.abs().max().item())
+        assert err_our <= 2 * err_ref + floor * scale, (name, err_our, err_ref)
+
+
 def covering(key: dict, others: dict):
     """Rows (dicts) holding every combination of the `key` factors, with the `others` filled
     in so that every pair of values of any two factors appears in at least one row: a

@@ -79,3 +79,23 @@ def test_info_command():
     assert "cpp" in out and "python" in out
     active = [line for line in out.splitlines() if "active" in line.lower()]
     assert len(active) == 1 and birnn_ext.get_backend() in active[0]
+
+
+@pytest.mark.parametrize("name", ["cpp", "python"])
+def test_backward_under_a_dispatch_mode(name):
+    """Forward and backward work under a TorchDispatchMode (as FlopCounterMode, debugging and
+    tracing tools install) and give the same gradients as without one."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    birnn_ext.set_backend(name)
+    model = birnn_ext.GRU(3, 2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    model(x)[0].sum().backward()
+    expected = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
+    x.grad = None
+    model.zero_grad()
+    with FlopCounterMode(display=False):
+        model(x)[0].sum().backward()
+    got = [x.grad] + [p.grad for p in model.parameters()]
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, atol=1e-12, rtol=1e-12)

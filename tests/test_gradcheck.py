@@ -66,3 +66,25 @@ def test_module_gradcheck_packed(cell, backend):
         return (out.data, *states)
 
     assert torch.autograd.gradcheck(fn, [x, h0, *params], eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_double_backward_is_right_or_refused(cell, backend):
+    """A gradient penalty differentiates a gradient (double backward). torch.nn on the CPU
+    supports it; birnn_ext must give the same parameter gradients or raise a RuntimeError,
+    never silently drop the second-order term."""
+    ref, ours = make_pair(cell, input_size=3, hidden_size=2, bidirectional=True)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    grads = []
+    for model in (ref, ours):
+        xr = x.clone().requires_grad_()
+        try:
+            gx, = torch.autograd.grad(model(xr)[0].sum(), xr, create_graph=True)
+            (gx ** 2).sum().backward()
+        except RuntimeError:
+            assert model is ours, "torch.nn refused double backward"
+            return
+        grads.append([p.grad for p in model.parameters()])
+    for name, e, g in zip([n for n, _ in ref.named_parameters()], *grads):
+        assert g is not None, f"{name}: second-order gradient silently dropped"
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-9, msg=name)

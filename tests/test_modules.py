@@ -227,3 +227,18 @@ def test_meta_device(cell):
     flat = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
     assert [(s.shape, s.device) for s in flat(state_our)] == [
         (s.shape, s.device) for s in flat(state_ref)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cpu_autocast_like_torch_nn(cell):
+    """Under torch.autocast("cpu", bfloat16) outputs and states come back in torch.nn's dtypes,
+    with values as close as the precision allows."""
+    ref, ours = make_pair(cell, dtype=torch.float32, **BI2)
+    x = torch.randn(6, 3, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_ref, state_ref = ref(x)
+        out_our, state_our = ours(x)
+    flat = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
+    assert [t.dtype for t in (out_our, *flat(state_our))] == [
+        t.dtype for t in (out_ref, *flat(state_ref))]
+    torch.testing.assert_close(out_our.float(), out_ref.float(), atol=5e-2, rtol=5e-2)

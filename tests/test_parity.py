@@ -9,7 +9,8 @@ compiled ops and the pure-Python fallback) via the `backend` fixture.
 import pytest
 import torch
 
-from helpers import CELLS, Case, check_parity, covering
+from helpers import (CELLS, TOL, Case, assert_same, check_low_precision, check_parity,
+                     covering, make_inputs, run)
 
 MODES = ("padded", "packed", "sorted", "unbatched")
 
@@ -56,3 +57,37 @@ def test_longer_sequence_and_wider_layer(cell, backend):
     """One larger bidirectional 2-layer packed case (T=7, H=8) per cell."""
     check_parity(Case(cell=cell, mode="packed", bidirectional=True, num_layers=2, h0=True,
                       proj_size=3 if cell == "lstm" else 0, hidden_size=8, steps=7))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_low_precision_on_cpu(cell, dtype, backend):
+    case = Case(cell=cell, mode="packed", bidirectional=True, num_layers=2, dtype=dtype,
+                h0=True)
+    check_low_precision(case, *case.make_pair())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_non_contiguous_inputs(cell, backend):
+    """Strided views as input and initial state give the same results as contiguous ones."""
+    case = Case(cell=cell, bidirectional=True, num_layers=2, h0=True, batch_first=True)
+    ref, ours = case.make_pair()
+    inputs = make_inputs(case)
+    strided = {k: (torch.stack([v, v], dim=-1)[..., 0] if k != "lengths" and v is not None
+                   else v) for k, v in inputs.items()}
+    assert not strided["x"].is_contiguous() and not strided["h0"].is_contiguous()
+    assert_same(run(ref, case, inputs), run(ours, case, strided), **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_frozen_parameters(cell, backend):
+    """Parameters with requires_grad=False get no gradient; the others still the right one."""
+    case = Case(cell=cell, mode="packed", bidirectional=True, num_layers=2)
+    ref, ours = case.make_pair()
+    for model in (ref, ours):
+        model.weight_ih_l0.requires_grad_(False)
+        model.bias_hh_l1_reverse.requires_grad_(False)
+    inputs = make_inputs(case)
+    expected, actual = run(ref, case, inputs), run(ours, case, inputs)
+    assert actual["grad.weight_ih_l0"] is None and actual["grad.bias_hh_l1_reverse"] is None
+    assert_same(expected, actual, **TOL[torch.float64])
