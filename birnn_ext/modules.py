@@ -47,6 +47,7 @@ class _FusedForward:
         if hx is None:
             hx = self._zero_state(batch, checked_input)
         self.check_forward_args(checked_input, hx, batch_sizes)
+        self._check_devices(checked_input, hx)
 
         if packed:
             # Time-major padded batch in the packed (length-sorted) order; lengths on the CPU.
@@ -86,6 +87,19 @@ class _FusedForward:
             raise RuntimeError(
                 f"For {form} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
         return hx.unsqueeze(1) if unbatched else hx
+
+    def _check_devices(self, input, hx):
+        """torch.nn's device checks (made in its C++ for torch.nn), same messages."""
+        for param in self._flat_weights:
+            if param is not None and param.device != input.device:
+                raise RuntimeError(
+                    "Input and parameter tensors are not at the same device, found input "
+                    f"tensor at {input.device} and parameter tensor at {param.device}")
+        for state in (hx if isinstance(hx, tuple) else (hx,)):
+            if state.device != input.device:
+                raise RuntimeError(
+                    "Input and hidden tensors are not at the same device, found input "
+                    f"tensor at {input.device} and hidden tensor at {state.device}")
 
     def _zero_state(self, batch, like):
         directions = 2 if self.bidirectional else 1

@@ -20,6 +20,9 @@ GATES = reference.GATES
 # Values per (t, b, d) row of `reserve`, in units of H: csrc/cells.h kReserve.
 RESERVE_WIDTH = {"rnn_tanh": 0, "rnn_relu": 0, "lstm": 5, "gru": 4}
 RESERVE_WIDTH_REF = dict.fromkeys(CELLS, 0)
+# The cells torch.nn runs in the autocast dtype, per device type: on CUDA every cell goes to
+# cuDNN, which autocast casts; on the CPU torch.nn.GRU keeps float32 outputs.
+AUTOCAST_CELLS = {"cuda": frozenset(CELLS), "cpu": frozenset({"rnn_tanh", "rnn_relu", "lstm"})}
 
 FORWARD_SCHEMA = (
     "(Tensor input, Tensor? lengths, Tensor hx, Tensor? cx, Tensor w_ih, Tensor w_hh, "
@@ -47,8 +50,21 @@ def _define_reference_ops():
                       "CompositeExplicitAutograd")
 
 
+def _check_devices(input, lengths, *tensors):
+    """The device checks the real kernels make, for the fake kernels: without them a meta
+    tensor among CPU ones would route the call here and return uninitialised memory."""
+    if lengths is not None and lengths.device != input.device:
+        raise RuntimeError(f"birnn_ext: lengths is on {lengths.device} but input is on "
+                           f"{input.device}; lengths must be on the input's device")
+    for t in tensors:
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"birnn_ext: a tensor is on {t.device} but input is on "
+                               f"{input.device}; all tensors must be on the same device")
+
+
 def _fake_forward(cell, reserve_width):
     def fake(input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, training):
+        _check_devices(input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
         T, B = input.shape[0], input.shape[1]
         D, H = w_ih.shape[0], w_ih.shape[1] // GATES[cell]
         h_out = w_hr.shape[1] if w_hr is not None else H
@@ -60,6 +76,9 @@ def _fake_forward(cell, reserve_width):
 
 def _fake_backward(grad_output, grad_h_n, grad_c_n, input, lengths, hx, cx, w_ih, w_hh,
                    b_ih, b_hh, w_hr, output, reserve):
+    _check_devices(input, lengths, grad_output, grad_h_n, grad_c_n, hx, cx, w_ih, w_hh, b_ih,
+                   b_hh, w_hr, output, reserve)
+
     def like(t):
         return t.new_empty(t.shape) if t is not None else input.new_empty(0)
     return (like(input), like(hx), like(cx), like(w_ih), like(w_hh), like(b_ih), like(b_hh),
@@ -72,9 +91,26 @@ def _setup_context(ctx, inputs, output):
                           output[0], output[3])
 
 
+def _differentiable_grads(cell, inputs, grad_outputs):
+    """Gradients that autograd can differentiate again (backward with create_graph=True, as
+    for a gradient penalty): autograd through the reference forward. Slow, but exact."""
+    input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
+    with torch.enable_grad():
+        output, h_n, c_n, _ = reference.forward(cell, input, lengths, hx, cx, w_ih, w_hh, b_ih,
+                                                b_hh, w_hr, training=False)
+        outs = [output, h_n] + ([c_n] if cell == "lstm" else [])
+        wrt = [t for t in inputs if t is not None and t.requires_grad]
+        got = iter(torch.autograd.grad(outs, wrt, grad_outputs[:len(outs)], create_graph=True,
+                                       allow_unused=True))
+    return tuple(next(got) if t is not None and t.requires_grad else None for t in inputs)
+
+
 def _autograd_backward(backward_op, cell):
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_reserve):
         input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, reserve = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            inputs = (input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
+            return _differentiable_grads(cell, inputs, (grad_output, grad_h_n, grad_c_n)) + (None,)
         grads = backward_op(grad_output, grad_h_n, grad_c_n if cell == "lstm" else None,
                             input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, reserve)
         g_in, g_hx, g_cx, g_wih, g_whh, g_bih, g_bhh, g_whr = grads
@@ -139,8 +175,8 @@ def layer(cell: str, input: Tensor, lengths: Tensor | None, hx: Tensor, cx: Tens
         raise ValueError(f"birnn_ext: unknown cell {cell!r}; expected one of {CELLS}")
     tensors = (input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
     device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
-        # As torch.nn's RNNs under autocast: run in the autocast dtype (float64 is left alone).
+    if cell in AUTOCAST_CELLS.get(device_type, ()) and torch.is_autocast_enabled(device_type):
+        # As torch.nn's layer under autocast: run in the autocast dtype (float64 left alone).
         dtype = torch.get_autocast_dtype(device_type)
         tensors = tuple(_autocast(t, dtype) for t in tensors)
         with torch.autocast(device_type, enabled=False):

@@ -3,6 +3,7 @@
 // recurrence driver, and after the backward recurrence the weight gradients as large GEMMs.
 // Only the recurrence itself (per-step GEMM + fused cell math) is device code.
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cstdlib>
 #include <limits>
@@ -172,6 +173,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const at::Tensor& input, const OptTensor& lengths, const at::Tensor& hx,
     const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool training) {
+  // The caller chose the dtype (birnn_ext/ops.py applies torch.nn's autocast policy); the
+  // GEMMs in here must not be recast by an autocast that is still on.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const Dims d = check_layer(Kind, input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
   const auto opts = input.options();
   const int64_t GH = d.G * d.H;
@@ -211,6 +215,7 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                const OptTensor& w_hr,
                const at::Tensor& output, const at::Tensor& reserve) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   // Bias values do not enter the backward (the reserve holds what they shaped); only their
   // presence decides whether their gradients are returned.
   const Dims d = check_layer(Kind, input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
@@ -262,17 +267,18 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor grad_w_ih = weight_grad(args.dgates_x, input, d.D);
   at::Tensor h_prev = previous_states(args.output, args.h0, args.lengths);
   at::Tensor grad_w_hh = weight_grad(args.dgates_h, h_prev, d.D);
-  at::Tensor empty = at::empty({0}, opts);
-  at::Tensor grad_b_ih = has_bias ? args.dgates_x.sum({0, 1}) : empty;
-  at::Tensor grad_b_hh = has_bias ? args.dgates_h.sum({0, 1}) : empty;
-  at::Tensor grad_w_hr = empty;
+  // An absent input's gradient is a fresh [0] tensor each: op outputs must not alias.
+  auto none = [&] { return at::empty({0}, opts); };
+  at::Tensor grad_b_ih = has_bias ? args.dgates_x.sum({0, 1}) : none();
+  at::Tensor grad_b_hh = has_bias ? args.dgates_h.sum({0, 1}) : none();
+  at::Tensor grad_w_hr = none();
   if (proj) {
     // m = o * tanh(c) of every step, rebuilt from the reserve (zero past each length).
     at::Tensor o = args.reserve.narrow(3, 3 * d.H, d.H);
     at::Tensor c = args.reserve.narrow(3, 4 * d.H, d.H);
     grad_w_hr = weight_grad(args.dh_total, o * at::tanh(c), d.D);
   }
-  return {grad_input, args.dh, args.dc.defined() ? args.dc : empty, grad_w_ih, grad_w_hh,
+  return {grad_input, args.dh, args.dc.defined() ? args.dc : none(), grad_w_ih, grad_w_hh,
           grad_b_ih, grad_b_hh, grad_w_hr};
 }
 

@@ -86,9 +86,7 @@ __global__ void forward_cell_kernel(const ForwardStep<T> p) {
   using A = at::opmath_type<T>;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= p.B * p.H) return;
-  const int64_t b = idx / p.H;
-  const int j = static_cast<int>(idx % p.H);
-  const int H = static_cast<int>(p.H);
+  const int64_t b = idx / p.H, j = idx % p.H;
   const int64_t row = (p.t * p.B + b) * p.D + p.d;  // the (t, b, d) row of [T, B, D, *]
   T* reserve_row = kTraining ? p.reserve + row * Cell::kReserve * p.H : nullptr;
 
@@ -113,7 +111,7 @@ __global__ void forward_cell_kernel(const ForwardStep<T> p) {
                         kProj ? p.m + b * p.H : h_row,
                         c_row,
                         reserve_row};
-  Cell::template forward<T, A>(r, j, H);
+  Cell::template forward<T, A>(r, j, p.H);
   if constexpr (!kProj) p.output[row * p.Hout + j] = h_row[j];
 }
 
@@ -178,9 +176,7 @@ __global__ void backward_cell_kernel(const BackwardStep<T> p) {
   using A = at::opmath_type<T>;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= p.B * p.H) return;
-  const int64_t b = idx / p.H;
-  const int j = static_cast<int>(idx % p.H);
-  const int H = static_cast<int>(p.H);
+  const int64_t b = idx / p.H, j = idx % p.H;
   const int64_t GH = Cell::kGates * p.H, R = Cell::kReserve * p.H;
   const int64_t len = seq_len(p.lengths, b, p.steps);
   const int64_t row = (p.t * p.B + b) * p.D + p.d;
@@ -215,7 +211,7 @@ __global__ void backward_cell_kernel(const BackwardStep<T> p) {
                          carry,
                          dgates_x_row,
                          dgates_h_row};
-  Cell::template backward<T, A>(r, j, H);
+  Cell::template backward<T, A>(r, j, p.H);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -358,17 +354,25 @@ void run_directions(int64_t D, int64_t steps, const Issue& issue) {
   at::cuda::CUDAEvent& forked = reusable_event(device, 0);
   forked.record(current);  // everything the caller queued (gates_x, h0, ...) comes first
   for (const auto& stream : streams) forked.block(stream);
-  for (int64_t s = 0; s < steps; ++s) {
+  const auto join = [&] {
     for (int d = 0; d < 2; ++d) {
-      const c10::cuda::CUDAStreamGuard guard(streams[d]);
-      issue(d, s);
+      at::cuda::CUDAEvent& done = reusable_event(device, 1 + d);
+      done.record(streams[d]);
+      done.block(current);
     }
+  };
+  try {
+    for (int64_t s = 0; s < steps; ++s) {
+      for (int d = 0; d < 2; ++d) {
+        const c10::cuda::CUDAStreamGuard guard(streams[d]);
+        issue(d, s);
+      }
+    }
+  } catch (...) {
+    join();  // even on error, nothing the caller frees may still be in use on a side stream
+    throw;
   }
-  for (int d = 0; d < 2; ++d) {
-    at::cuda::CUDAEvent& done = reusable_event(device, 1 + d);
-    done.record(streams[d]);
-    done.block(current);
-  }
+  join();
 }
 
 // The CPU path's lengths check, done on the host when that is allowed: it reads two numbers
