@@ -1,9 +1,11 @@
 """Builds birnn_ext._C with torch.utils.cpp_extension and ninja.
 
 CPU kernels always; CUDA kernels too when a CUDA toolkit is usable (CUDA_HOME, or the nvcc
-on PATH) and torch is a CUDA build, or when FORCE_CUDA=1. No GPU is needed to build.
-Environment: TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), MAX_JOBS, NVCC_THREADS,
-FORCE_CUDA=1 / BIRNN_EXT_NO_CUDA=1.
+on PATH) and torch is a CUDA build, or when FORCE_CUDA=1. No GPU is needed to build: nothing
+here asks torch about devices.
+Environment: TORCH_CUDA_ARCH_LIST (default "8.0;9.0": SASS for sm_80 and sm_90, no PTX),
+MAX_JOBS (ninja's parallel jobs, read by torch.utils.cpp_extension), NVCC_THREADS (nvcc
+--threads, compiles the archs of one file in parallel), FORCE_CUDA=1 / BIRNN_EXT_NO_CUDA=1.
 """
 
 import glob
@@ -52,12 +54,55 @@ def _want_cuda(cuda_home):
     return cuda_home is not None and torch.version.cuda is not None
 
 
-def _nvidia_include_dirs():
-    """cuBLAS/cuSPARSE headers shipped in torch's nvidia pip packages (CUDA wheels of torch)."""
+def _nvidia_dirs(kind):
+    """include/ or lib/ folders of torch's nvidia pip packages (CUDA wheels of torch)."""
     dirs = []
     for entry in sys.path:
-        dirs += glob.glob(os.path.join(entry, "nvidia", "*", "include"))
+        dirs += glob.glob(os.path.join(entry, "nvidia", "*", kind))
     return sorted(set(dirs))
+
+
+def _nvidia_include_flags():
+    """-isystem flags for the cuBLAS/cuSPARSE/cuSOLVER headers ATen's CUDA headers include.
+
+    A slim toolkit (just nvcc and the runtime) lacks them; torch's CUDA wheels ship them.
+    -isystem folders are searched after -I ones, so a full toolkit's own headers still win
+    over the pip copies wherever both exist.
+    """
+    flags = []
+    for folder in _nvidia_dirs("include"):
+        flags += ["-isystem", folder]
+    return flags
+
+
+def _cublas_link(cuda_home):
+    """(library_dirs, libraries) that link libcublas: the toolkit's, else torch's pip copy.
+
+    The pip packages carry only the versioned file (libcublas.so.13), so it is named exactly
+    with -l:NAME; the binary records its soname either way, and at run time it resolves to
+    the copy torch has already loaded.
+    """
+    folders = [os.path.join(cuda_home, sub) for sub in ("lib64", "lib")] if cuda_home else []
+    folders += _nvidia_dirs("lib")
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "libcublas.so")):
+            return [folder], ["cublas"]
+    for folder in folders:
+        versioned = sorted(glob.glob(os.path.join(folder, "libcublas.so.[0-9]*")), key=len)
+        if versioned:
+            return [folder], [":" + os.path.basename(versioned[0])]
+    return [], ["cublas"]
+
+
+def _nvcc_version(cuda_home):
+    """The toolkit's release ("13.0") as nvcc reports it, or None."""
+    nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else shutil.which("nvcc")
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError, TypeError):
+        return None
+    match = re.search(r"release (\d+\.\d+)", out.stdout)
+    return match.group(1) if match else None
 
 
 def _extensions():
@@ -77,16 +122,26 @@ def _extensions():
     if not use_cuda:
         return [CppExtension("birnn_ext._C", sources, extra_compile_args={"cxx": cxx})]
 
+    # torch.utils.cpp_extension turns the list into -gencode=arch=compute_XY,code=sm_XY per
+    # arch (SASS only; add "+PTX" to an entry for a forward-compatible PTX copy).
     archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+    # The toolkit that compiled the kernels; torch's own CUDA version is known at run time.
+    cuda_version = _nvcc_version(cuda_home) or torch.version.cuda
     cxx += ["-DWITH_CUDA", f'-DBIRNN_CUDA_ARCHS="{archs}"',
-            f'-DBIRNN_CUDA_VERSION="{torch.version.cuda}"']
-    nvcc = ["-O3", "--use_fast_math", "-DWITH_CUDA"]
+            f'-DBIRNN_CUDA_VERSION="{cuda_version}"']
+    # No --use_fast_math: the cells' expf/tanhf must round like torch.nn's kernels, and the
+    # pointwise pass is bound by memory and latency, not by transcendental throughput.
+    nvcc = ["-O3", "-DWITH_CUDA"]
     threads = os.environ.get("NVCC_THREADS")
     if threads:
         nvcc += ["--threads", threads]
+    include_flags = _nvidia_include_flags()
+    library_dirs, libraries = _cublas_link(cuda_home)
     sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
-    return [CUDAExtension("birnn_ext._C", sources, include_dirs=_nvidia_include_dirs(),
-                          extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
+    return [CUDAExtension("birnn_ext._C", sources, library_dirs=library_dirs,
+                          libraries=libraries,
+                          extra_compile_args={"cxx": cxx + include_flags,
+                                              "nvcc": nvcc + include_flags})]
 
 
 def main():
