@@ -8,6 +8,7 @@ every output (output, h_n and, for an LSTM, c_n).
 """
 
 import copy
+import inspect
 import math
 import zlib
 
@@ -51,20 +52,24 @@ def make_candidate(baseline, config, device, impl="birnn_ext"):
 
 
 def kernel_path(config, device, impl="birnn_ext"):
-    """The kernel variant birnn_ext reports for this configuration, as well as it can tell."""
+    """The kernel variant birnn_ext reports for this configuration, as well as it can tell:
+    birnn_ext.kernel_path(...) given whichever of the configuration's values its signature
+    names, else the active backend (birnn_ext.get_backend()), else "unknown"."""
     if impl == "self":
         return "torch.nn (self-test)"
     import birnn_ext
 
     if hasattr(birnn_ext, "kernel_path"):
-        dtype = _dtype(config)
-        try:
-            return str(birnn_ext.kernel_path(config.cell, device, dtype, config.B, config.H,
-                                             T=config.T, I=config.I, layers=config.layers,
-                                             bidirectional=config.bidirectional,
-                                             training=config.mode == "train"))
-        except TypeError:
-            return str(birnn_ext.kernel_path(config.cell, device, dtype, config.B, config.H))
+        values = {"cell": config.cell, "device": device, "dtype": _dtype(config),
+                  "B": config.B, "batch_size": config.B, "H": config.H,
+                  "hidden_size": config.H, "I": config.I, "input_size": config.I,
+                  "T": config.T, "layers": config.layers, "num_layers": config.layers,
+                  "bidirectional": config.bidirectional, "varlen": config.varlen,
+                  "training": config.mode == "train"}
+        params = inspect.signature(birnn_ext.kernel_path).parameters
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            values = {k: v for k, v in values.items() if k in params}
+        return str(birnn_ext.kernel_path(**values))
     if hasattr(birnn_ext, "get_backend"):
         return str(birnn_ext.get_backend())
     return "unknown"

@@ -117,9 +117,10 @@ def measure(config, args, impl, tqdm_bar):
         if not err <= cases.TOLERANCE[config.dtype]:
             row["status"] = "wrong"
             return row
+        # The gate just ran each side's step once on input set 0: that counts as warm-up run 1.
         ms_a, ms_b, reps = timing.time_pair(
             a, b, device,
-            warmup=max(protocol["warmup"], args.warmup or 0),
+            warmup=max(protocol["warmup"], args.warmup or 0) - 1,
             min_reps=max(protocol["min_reps"], args.min_reps or 0),
             max_reps=max(protocol["min_reps"], args.min_reps or 0, args.max_reps or 200),
             budget_s=args.budget)
@@ -175,8 +176,13 @@ def main(argv=None):
                     f"commit {rec['commit'][:12]}")
 
     print(record.table(rows, lambda r: grids.is_fastrnns_default(_config_of(r))))
+    load = info["load_avg_1min"]
     print(f"{len(rows)} configurations in {elapsed:.0f} s; device {info['name']}"
-          + (f", {args.threads} threads" if args.threads else ""))
+          + (f", {args.threads} threads" if args.threads else "")
+          + f"; load average {load['start']} at start, {load['end']} at end")
+    if args.device == "cpu" and max(load.values()) > (os.cpu_count() or 1):
+        print(f"warning: the load average passed {os.cpu_count()} (the core count): other work "
+              "shared the CPU, so these CPU timings are not a clean measurement", file=sys.stderr)
     print(f"wrote {path}, {path[:-5]}.csv" + (f", {png}" if png else ""))
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
