@@ -14,12 +14,12 @@
 // batches; this file is what such a kernel must agree with.
 //
 // Concurrency. The two directions never read each other's state, so each runs on its own
-// stream from PyTorch's pool, forked from the current stream with an event and joined back
-// with events. The host issues step s of direction 0, then step s of direction 1, so both
-// queues fill together. Scratch buffers are allocated on the current stream BEFORE the fork
-// and are freed after the join: the caching allocator hands a freed block only to later work
-// on the current stream, which the join orders after every side-stream use, so no
-// recordStream is needed.
+// stream from PyTorch's pool (two per host thread, drawn once), forked from the current
+// stream with an event and joined back with events. The host issues step s of direction 0,
+// then step s of direction 1, so both queues fill together. Scratch buffers are allocated on
+// the current stream BEFORE the fork and are freed after the join: the caching allocator
+// hands a freed block only to later work on the current stream, which the join orders after
+// every side-stream use, so no recordStream is needed.
 //
 // CUDA graphs. Nothing here syncs with the host except the lengths check, which is skipped
 // while the current stream is capturing (the kernels clamp lengths to [0, T] instead).
@@ -43,6 +43,7 @@
 
 #include <array>
 #include <climits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -329,14 +330,29 @@ void backward_step(BackwardStep<T> p, const T* w_hh, const T* w_hr, int64_t s) {
   gemm_nn<T>(p.B, p.Hout, GH, dgates_h_rows, p.D * GH, w_hh, p.Hout, 1, p.dh, p.Hout);
 }
 
-// Events for the fork and the joins, reused across calls instead of created per call. Reuse
-// is safe: cudaStreamWaitEvent waits for the record made before it, whatever is recorded into
-// the event later. thread_local, so two host threads never share one; never freed, so no
-// cudaEventDestroy runs while CUDA shuts down at exit.
-at::cuda::CUDAEvent& reusable_event(c10::DeviceIndex device, int slot) {
-  thread_local auto* events =
-      new std::vector<std::array<at::cuda::CUDAEvent, 3>>(c10::cuda::device_count());
-  return events->at(device)[slot];
+// The two directions' streams and the fork/join events, per host thread and device, made
+// once and then reused by every call on that thread.
+// - Streams: drawn from PyTorch's pool the first time only. The pool hands streams out
+//   round-robin and cuBLAS keeps one workspace per (handle, stream), so fresh streams per
+//   call would pile up workspaces (tens of MiB each on Hopper) for up to 32 pool streams.
+// - Events: reuse is safe because cudaStreamWaitEvent waits for the record made before it,
+//   whatever is recorded into the event later.
+// thread_local, so two host threads never share an event (nor, usually, a stream); never
+// freed, so no cudaEventDestroy runs while CUDA shuts down at exit.
+struct DirectionStreams {
+  std::array<c10::cuda::CUDAStream, 2> streams;
+  at::cuda::CUDAEvent forked, joined[2];
+};
+
+DirectionStreams& direction_streams(c10::DeviceIndex device) {
+  thread_local auto* per_device =
+      new std::vector<std::unique_ptr<DirectionStreams>>(c10::cuda::device_count());
+  std::unique_ptr<DirectionStreams>& ds = per_device->at(device);
+  if (!ds) {
+    ds.reset(new DirectionStreams{{c10::cuda::getStreamFromPool(false, device),
+                                   c10::cuda::getStreamFromPool(false, device)}});
+  }
+  return *ds;
 }
 
 // Runs issue(d, s) for s = 0..steps-1, alternating directions, with direction d's work on its
@@ -348,17 +364,14 @@ void run_directions(int64_t D, int64_t steps, const Issue& issue) {
     return;
   }
   const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream();
-  const c10::DeviceIndex device = current.device_index();
-  const std::array<c10::cuda::CUDAStream, 2> streams{c10::cuda::getStreamFromPool(false, device),
-                                                     c10::cuda::getStreamFromPool(false, device)};
-  at::cuda::CUDAEvent& forked = reusable_event(device, 0);
-  forked.record(current);  // everything the caller queued (gates_x, h0, ...) comes first
-  for (const auto& stream : streams) forked.block(stream);
+  DirectionStreams& ds = direction_streams(current.device_index());
+  const auto& streams = ds.streams;
+  ds.forked.record(current);  // everything the caller queued (gates_x, h0, ...) comes first
+  for (const auto& stream : streams) ds.forked.block(stream);
   const auto join = [&] {
     for (int d = 0; d < 2; ++d) {
-      at::cuda::CUDAEvent& done = reusable_event(device, 1 + d);
-      done.record(streams[d]);
-      done.block(current);
+      ds.joined[d].record(streams[d]);
+      ds.joined[d].block(current);
     }
   };
   try {

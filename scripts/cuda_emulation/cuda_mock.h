@@ -30,7 +30,10 @@ enum cudaDataType_t { CUDA_R_32F, CUDA_R_64F, CUDA_R_16F, CUDA_R_16BF };
 // ---- cuBLAS: a column-major reference GEMM with a double accumulator -------------------
 enum cublasOperation_t { CUBLAS_OP_N, CUBLAS_OP_T };
 enum cublasComputeType_t { CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_COMPUTE_64F };
-enum cublasMath_t { CUBLAS_DEFAULT_MATH = 0, CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION = 16 };
+enum cublasMath_t {
+  CUBLAS_DEFAULT_MATH = 0,
+  CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION = 16
+};
 enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT };
 using cublasHandle_t = int*;
 #define TORCH_CUDABLAS_CHECK(EXPR) TORCH_CHECK((EXPR) == 0, "mock cuBLAS failed: " #EXPR)

@@ -148,10 +148,14 @@ def main():
                                 worst[dtype] = max(worst.get(dtype, 0.0), err)
                                 n += 1
     check_lengths_handling(ops, gen)
+    assert pool_draws[0] == 2, f"{pool_draws[0]} streams drawn from the pool, expected 2"
     print(f"OK: {n} cases agree; worst relative error per dtype: "
           + ", ".join(f"{str(k).replace('torch.', '')} {v:.2g}" for k, v in worst.items()))
     print(f"total {time.time() - t0:.0f}s")
     return 0
+
+
+pool_draws = [0]  # streams taken from the pool over the whole run
 
 
 def check_case(ops, cell, case, dtype, D):
@@ -162,9 +166,11 @@ def check_case(ops, cell, case, dtype, D):
         ops.counters()
         got = run_forward(ops, cell, case, True, training)
         gemms, records, blocks, pool = ops.counters()
-        # One fork record + two join records, and one pooled stream per direction.
-        assert (records, blocks, pool) == ((3, 4, 2) if D == 2 else (0, 0, 0)), \
+        # One fork record + two join records; the two pooled streams are drawn once per
+        # thread (by the first two-direction call), not per call.
+        assert (records, blocks) == ((3, 4) if D == 2 else (0, 0)) and pool <= 2, \
             f"events/streams: {records} records, {blocks} waits, {pool} pool streams"
+        pool_draws[0] += pool
         for name, r, g in zip(names, ref, got):
             worst = max(worst, compare(f"forward {name} (training={training})", r, g, dtype))
     output, reserve = ref[0], ref[3]
