@@ -14,7 +14,7 @@ import torch
 
 ROW_FIELDS = ["cell", "mode", "dtype", "T", "B", "H", "I", "layers", "bidirectional", "varlen",
               "status", "baseline_ms", "birnn_ms", "speedup", "rel_err", "baseline_peak_mb",
-              "birnn_peak_mb", "path", "reps", "error"]
+              "birnn_peak_mb", "path", "reps", "foreign_cpu", "error"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -93,7 +93,9 @@ def summary(rows):
     return {"ok_rows": len(ok), "rows": len(rows),
             "geomean_speedup": gmean([r["speedup"] for r in ok]),
             "geomean_speedup_B_le_8": gmean([r["speedup"] for r in ok if r["B"] <= 8]),
-            "min_speedup": min((r["speedup"] for r in ok), default=None)}
+            "min_speedup": min((r["speedup"] for r in ok), default=None),
+            "max_foreign_cpu": max((r["foreign_cpu"] for r in rows
+                                    if r.get("foreign_cpu") is not None), default=None)}
 
 
 def build(device, info, command, tests_json, rows, grid, impl):
@@ -133,7 +135,7 @@ def table(rows, default_key):
     """The rows as a fixed-width table; the fastrnns default rows first, marked '*'."""
     head = (f"  {'cell':4} {'mode':5} {'dtype':8} {'T':>4} {'B':>4} {'H':>5} {'L':>1} {'dir':3} "
             f"{'len':6} {'torch ms':>9} {'birnn ms':>9} {'speedup':>7} {'rel_err':>8} "
-            f"{'peak MB t/b':>13} {'status':6} path")
+            f"{'peak MB t/b':>13} {'busy%':>5} {'status':6} path")
     lines = [head, "-" * len(head)]
     ordered = sorted(rows, key=lambda r: not default_key(r))
     for r in ordered:
@@ -145,10 +147,13 @@ def table(rows, default_key):
             f"{'bi' if r['bidirectional'] else 'uni':3} {'varlen' if r['varlen'] else 'padded':6} "
             f"{_num(r['baseline_ms'], '9.3f')} {_num(r['birnn_ms'], '9.3f')} "
             f"{_num(r['speedup'], '7.2f')} {_num(r['rel_err'], '8.1e')} {peak:>13} "
+            f"{_num(None if r['foreign_cpu'] is None else 100 * r['foreign_cpu'], '5.0f')} "
             f"{r['status']:6} {r['path']}")
     s = summary(rows)
     lines.append("-" * len(head))
     lines.append("* fastrnns default (LSTM, T=100, B=64, I=H=512, 1 layer, float32, bidirectional)")
+    lines.append("busy%: CPU time other processes took during the row, % of all cores "
+                 "(0 on a quiet machine)")
     lines.append(f"ok rows {s['ok_rows']}/{s['rows']}; speedup = torch ms / birnn ms; geomean "
                  f"{_num(s['geomean_speedup'], '.3f')}, geomean B<=8 "
                  f"{_num(s['geomean_speedup_B_le_8'], '.3f')}, min {_num(s['min_speedup'], '.3f')}")

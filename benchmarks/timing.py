@@ -10,6 +10,7 @@ max_reps), so fast configurations get more runs and slow ones stop at the minimu
 the median of each side's runs, in milliseconds.
 """
 
+import os
 import statistics
 import time
 
@@ -77,3 +78,38 @@ def peak_mb(side):
     peak = torch.cuda.max_memory_allocated() - base
     side.zero()
     return peak / 2**20
+
+
+class ForeignLoad:
+    """How busy the machine's CPUs were with work other than this process, between start() and
+    stop(): 0.0 = nothing else ran, 1.0 = other work kept every core busy. From /proc/stat (busy
+    time of all CPUs, steal included) less this process's own CPU time; None off Linux.
+
+    On a shared machine this is the number to check before trusting a CPU row: torch.nn's many
+    small multi-threaded regions stall when another process takes one of their cores, so a busy
+    machine slows the two sides very unequally and the speedup means nothing."""
+
+    def __init__(self):
+        self._start = None
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system, irq softirq steal
+        ours = os.times()
+        return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), ours.user + ours.system
+
+    def start(self):
+        self._start = self._sample()
+        return self
+
+    def stop(self):
+        end = self._sample()
+        if self._start is None or end is None or end[0] <= self._start[0]:
+            return None
+        wall, busy, ours = (e - s for e, s in zip(end, self._start))
+        return round(max(0.0, busy - ours) / (wall * (os.cpu_count() or 1)), 2)
