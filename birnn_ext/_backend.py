@@ -34,11 +34,14 @@ def _jit_build():
     cflags = ["-O3", f'-DBIRNN_TORCH_VERSION="{torch.__version__}"']
     cuda_sources = sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.c*")))
     with_cuda = torch.cuda.is_available() and bool(cuda_sources)
+    ldflags = []
     if with_cuda:
         sources += cuda_sources
         cflags.append("-DWITH_CUDA")
+        ldflags.append("-lcublas")  # the recurrence calls cuBLAS directly
     return load(name="birnn_ext_jit", sources=sources, extra_cflags=cflags,
-                extra_cuda_cflags=["-O3", "-DWITH_CUDA"], with_cuda=with_cuda, verbose=False)
+                extra_cuda_cflags=["-O3", "-DWITH_CUDA"], extra_ldflags=ldflags,
+                with_cuda=with_cuda, verbose=False)
 
 
 def compiled_module():

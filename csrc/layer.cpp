@@ -98,8 +98,9 @@ Dims check_layer(CellKind kind, const at::Tensor& input, const OptTensor& length
   return d;
 }
 
-at::Tensor defined_or_empty(const OptTensor& t) {
-  return t.has_value() ? *t : at::Tensor();
+// The drivers index lengths as a plain [B] array.
+at::Tensor contiguous_or_empty(const OptTensor& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
 }
 
 // Test aid: with BIRNN_EXT_POISON=1, buffers a driver must write are filled with NaN first,
@@ -190,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   ForwardArgs args;
   args.cell = Kind;
   args.gates_x = gates_x.view({d.T, d.B, d.D, GH});
-  args.lengths = defined_or_empty(lengths);
+  args.lengths = contiguous_or_empty(lengths);
   args.w_hh = w_hh.contiguous();
   args.b_hh = b_hh.has_value() && b_hh->defined() ? b_hh->contiguous() : at::Tensor();
   args.w_hr = w_hr.has_value() && w_hr->defined() ? w_hr->contiguous() : at::Tensor();
@@ -238,7 +239,7 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   BackwardArgs args;
   args.cell = Kind;
   args.grad_output = grad_output.contiguous().view({d.T, d.B, d.D, d.Hout});
-  args.lengths = defined_or_empty(lengths);
+  args.lengths = contiguous_or_empty(lengths);
   args.w_hh = w_hh.contiguous();
   args.w_hr = proj ? w_hr->contiguous() : at::Tensor();
   args.output = output.contiguous().view({d.T, d.B, d.D, d.Hout});

@@ -15,6 +15,13 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b,
             const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+// MKL's packed GEMM: a matrix packed once into MKL's internal layout, reused by many GEMMs.
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                      const float* src, int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k,
+                         const float* a, int lda, const float* b, int ldb, float beta, float* c,
+                         int ldc) __attribute__((weak));
 // MKL's C entry point (the lower-case name is its Fortran one, which takes a pointer).
 int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 }
@@ -76,5 +83,54 @@ void gemm_nn(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* 
   at::Tensor c = view_of(C, M, N, ldc);
   c.addmm_(view_of(A, M, K, lda), view_of(B, K, N, ldb), beta, 1);
 }
+
+// A weight that is the right-hand operand of the same product at every step of the time loop:
+// out[rows, N] = x[rows, K] @ op(W) + beta * out, with op(W) = W^T for W [N, K] (transposed)
+// or W for W [K, N]. For float with MKL, W is packed once into MKL's blocked layout
+// (cblas_sgemm_pack) and each step runs cblas_sgemm_compute on it, as oneDNN's RNNs do:
+// T steps would otherwise re-pack the same weight T times. Elsewhere it is a plain GEMM.
+template <typename T>
+class StepWeight {
+ public:
+  StepWeight(const T* w, int64_t N, int64_t K, bool transposed)
+      : w_(w), N_(N), K_(K), transposed_(transposed) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
+          cblas_sgemm_compute != nullptr && N > 0 && K > 0) {
+        // Column-major view: out^T [N, rows] = op'(W) [N, K] @ x^T [K, rows], W the A matrix.
+        const size_t bytes = cblas_sgemm_pack_get_size(kAMatrix, N, 1, K);
+        packed_ = at::empty({static_cast<int64_t>(bytes)}, at::kByte);
+        cblas_sgemm_pack(kColMajor, kAMatrix, transposed ? kTrans : kNoTrans, N, 1, K, 1.f, w,
+                         transposed ? K : N, reinterpret_cast<float*>(packed_.data_ptr()));
+      }
+    }
+  }
+
+  void apply(int64_t rows, const T* x, int64_t ldx, T beta, T* out, int64_t ldout) const {
+    if (rows == 0 || N_ == 0) return;
+    if constexpr (std::is_same_v<T, float>) {
+      if (packed_.defined()) {
+        cblas_sgemm_compute(kColMajor, kPacked, kNoTrans, N_, rows, K_,
+                            reinterpret_cast<const float*>(packed_.data_ptr()), N_, x, ldx, beta,
+                            out, ldout);
+        return;
+      }
+    }
+    if (transposed_) {
+      gemm_nt<T>(rows, N_, K_, x, ldx, w_, K_, beta, out, ldout);
+    } else {
+      gemm_nn<T>(rows, N_, K_, x, ldx, w_, N_, beta, out, ldout);
+    }
+  }
+
+ private:
+  // CBLAS enum values (cblas.h), spelled out since no CBLAS header ships with torch.
+  static constexpr int kColMajor = 102, kNoTrans = 111, kTrans = 112, kPacked = 151,
+                       kAMatrix = 161;
+  const T* w_;
+  int64_t N_, K_;
+  bool transposed_;
+  at::Tensor packed_;  // MKL's packed copy of W, or undefined
+};
 
 }  // namespace birnn::cpu

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "../birnn.h"
@@ -22,8 +23,7 @@
 namespace birnn {
 namespace {
 
-using cpu::gemm_nn;
-using cpu::gemm_nt;
+using cpu::StepWeight;
 
 // Sequence lengths, or T for every sequence when none were given.
 struct Lengths {
@@ -72,6 +72,9 @@ void forward_direction(const ForwardArgs& a, int d) {
   T* c = a.c.defined() ? a.c.data_ptr<T>() + d * B * H : nullptr;         // [B, H] state
   T* reserve = a.reserve.defined() ? a.reserve.data_ptr<T>() : nullptr;  // [T, B, D, R]
 
+  const StepWeight<T> recurrent(w_hh, GH, Hout, /*transposed=*/true);  // h @ W_hh^T
+  const std::optional<StepWeight<T>> projection =
+      proj ? std::make_optional<StepWeight<T>>(w_hr, Hout, H, true) : std::nullopt;  // m @ W_hr^T
   std::vector<T> gates_h(B * GH);                 // [B, G*H] h @ W_hh^T of this step
   std::vector<T> m(proj ? B * H : 0);             // [B, H] o * tanh(c), before projection
   std::vector<T> h_proj(proj ? B * Hout : 0);     // [B, Hout] m @ W_hr^T
@@ -79,7 +82,7 @@ void forward_direction(const ForwardArgs& a, int d) {
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = d == 0 ? s : T_ - 1 - s;
     const bool any_valid = t < max_len;
-    if (any_valid) gemm_nt<T>(B, GH, Hout, h, Hout, w_hh, Hout, T(0), gates_h.data(), GH);
+    if (any_valid) recurrent.apply(B, h, Hout, T(0), gates_h.data(), GH);
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = (t * B + b) * D + d;
       T* out_row = output + row * Hout;
@@ -97,7 +100,7 @@ void forward_direction(const ForwardArgs& a, int d) {
       if (!proj) std::copy(h_row, h_row + Hout, out_row);
     }
     if (proj && any_valid) {
-      gemm_nt<T>(B, Hout, H, m.data(), H, w_hr, H, T(0), h_proj.data(), Hout);
+      projection->apply(B, m.data(), H, T(0), h_proj.data(), Hout);
       for (int64_t b = 0; b < B; ++b) {
         if (t >= len[b]) continue;
         const T* src = h_proj.data() + b * Hout;
@@ -132,6 +135,9 @@ void backward_direction(const BackwardArgs& a, int d) {
   T* dgates_h = a.dgates_h.data_ptr<T>();
   T* dh_total = proj ? a.dh_total.data_ptr<T>() : nullptr;              // [T, B, D, Hout]
 
+  const StepWeight<T> recurrent(w_hh, Hout, GH, /*transposed=*/false);  // dgates_h @ W_hh
+  const std::optional<StepWeight<T>> projection =
+      proj ? std::make_optional<StepWeight<T>>(w_hr, H, Hout, false) : std::nullopt;  // dh @ W_hr
   std::vector<T> dh_step(proj ? 0 : B * Hout);  // [B, Hout] total dLoss/dh of this step
   std::vector<T> dm(proj ? B * H : 0);          // [B, H] that gradient through W_hr
 
@@ -158,8 +164,7 @@ void backward_direction(const BackwardArgs& a, int d) {
     }
     if (!any_valid) continue;
     if (proj) {
-      gemm_nn<T>(B, H, Hout, dh_total + (t * B * D + d) * Hout, D * Hout, w_hr, H, T(0),
-                 dm.data(), H);
+      projection->apply(B, dh_total + (t * B * D + d) * Hout, D * Hout, T(0), dm.data(), H);
     }
     for (int64_t b = 0; b < B; ++b) {
       if (t >= len[b]) continue;
@@ -182,8 +187,7 @@ void backward_direction(const BackwardArgs& a, int d) {
       cpu::backward_row<Cell, T>(r, H);
     }
     // carry += dgates_h @ W_hh: the gradient reaching the previous step's h.
-    gemm_nn<T>(B, Hout, GH, dgates_h + (t * B * D + d) * GH, D * GH, w_hh, Hout, T(1), dh,
-               Hout);
+    recurrent.apply(B, dgates_h + (t * B * D + d) * GH, D * GH, T(1), dh, Hout);
   }
 }
 
