@@ -162,10 +162,10 @@ def assert_same(expected: dict, actual: dict, atol, rtol):
         torch.testing.assert_close(act, exp, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
 
 
-def check_parity(case: Case):
+def check_parity(case: Case, batch=B):
     """torch.nn and birnn_ext agree on every output and gradient for `case`."""
     ref, ours = case.make_pair()
-    inputs = make_inputs(case)
+    inputs = make_inputs(case, batch)
     expected = run(ref, case, inputs)
     actual = run(ours, case, inputs)
     assert_same(expected, actual, **TOL[case.dtype])

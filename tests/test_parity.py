@@ -59,6 +59,16 @@ def test_longer_sequence_and_wider_layer(cell, backend):
                       proj_size=3 if cell == "lstm" else 0, hidden_size=8, steps=7))
 
 
+@pytest.mark.parametrize("batch", [5, 8, 9, 17])
+@pytest.mark.parametrize("cell", CELLS)
+def test_float32_batch_sizes_of_the_cpu_small_gemm(cell, batch):
+    """float32 batches that reach every row-chunk shape of the CPU small-batch GEMM (up to 8
+    rows at once, then the rest; above 16 rows MKL's packed GEMM) and a hidden size that
+    leaves a partial 8-column panel."""
+    check_parity(Case(cell=cell, mode="padded", bidirectional=True, dtype=torch.float32,
+                      h0=True, proj_size=3 if cell == "lstm" else 0, hidden_size=13), batch)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_low_precision_on_cpu(cell, dtype, backend):

@@ -8,6 +8,8 @@
 
 #include <ATen/ATen.h>
 
+#include "pointwise.h"
+
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
@@ -88,12 +90,23 @@ void gemm_nn(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* 
 // out[rows, N] = x[rows, K] @ op(W) + beta * out, with op(W) = W^T for W [N, K] (transposed)
 // or W for W [K, N]. For float with MKL, W is packed once into MKL's blocked layout
 // (cblas_sgemm_pack) and each step runs cblas_sgemm_compute on it, as oneDNN's RNNs do:
-// T steps would otherwise re-pack the same weight T times. Elsewhere it is a plain GEMM.
+// T steps would otherwise re-pack the same weight T times. For a small batch (at most
+// kSmallRows rows) on an AVX2 CPU our own panel GEMM replaces it: MKL's small-M GEMMs pay
+// a fixed cost per call that dominates a step of a small layer. Elsewhere a plain GEMM.
 template <typename T>
 class StepWeight {
  public:
-  StepWeight(const T* w, int64_t N, int64_t K, bool transposed)
+  static constexpr int64_t kSmallRows = 16;
+
+  StepWeight(const T* w, int64_t N, int64_t K, bool transposed, int64_t rows)
       : w_(w), N_(N), K_(K), transposed_(transposed) {
+    if constexpr (std::is_same_v<T, float> && kHasSimdPath<T>) {
+      if (rows <= kSmallRows && use_avx2() && N > 0 && K > 0) {
+        panels_ = at::empty({avx2::panel_floats(N, K)}, at::kFloat);
+        avx2::pack_panels(w, N, K, transposed, panels_.data_ptr<float>());
+        return;
+      }
+    }
     if constexpr (std::is_same_v<T, float>) {
       if (cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
           cblas_sgemm_compute != nullptr && N > 0 && K > 0) {
@@ -108,6 +121,12 @@ class StepWeight {
 
   void apply(int64_t rows, const T* x, int64_t ldx, T beta, T* out, int64_t ldout) const {
     if (rows == 0 || N_ == 0) return;
+    if constexpr (std::is_same_v<T, float> && kHasSimdPath<T>) {
+      if (panels_.defined()) {
+        avx2::small_gemm(rows, N_, K_, x, ldx, panels_.data_ptr<float>(), beta, out, ldout);
+        return;
+      }
+    }
     if constexpr (std::is_same_v<T, float>) {
       if (packed_.defined()) {
         cblas_sgemm_compute(kColMajor, kPacked, kNoTrans, N_, rows, K_,
@@ -131,6 +150,7 @@ class StepWeight {
   int64_t N_, K_;
   bool transposed_;
   at::Tensor packed_;  // MKL's packed copy of W, or undefined
+  at::Tensor panels_;  // our panel copy of op(W) for small batches, or undefined
 };
 
 }  // namespace birnn::cpu

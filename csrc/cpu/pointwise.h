@@ -22,6 +22,13 @@ template <typename Cell, typename T>
 int64_t forward_units(const ForwardRow<T>& r, int64_t H);
 template <typename Cell, typename T>
 int64_t backward_units(const BackwardRow<T>& r, int64_t H);
+// Small-batch GEMM for the per-step products (see pointwise_avx2.cpp): pack op(W) [K, N]
+// once into panels of 8 columns (panel_floats(N, K) floats), then
+// out[rows, N] = x[rows, K] @ op(W) + beta * out at every step.
+inline int64_t panel_floats(int64_t N, int64_t K) { return (N + 7) / 8 * 8 * K; }
+void pack_panels(const float* w, int64_t N, int64_t K, bool transposed, float* panels);
+void small_gemm(int64_t rows, int64_t N, int64_t K, const float* x, int64_t ldx,
+                const float* panels, float beta, float* out, int64_t ldout);
 }  // namespace avx2
 
 // The SIMD loops exist for float and double on x86-64 (elsewhere use_avx2() is false).
