@@ -12,6 +12,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <future>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -39,7 +43,11 @@ Lengths lengths_of(const at::Tensor& lengths, int64_t T) {
   return {lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, T};
 }
 
-// Runs fn(d) for each direction d, the two directions concurrently when threads allow.
+// Runs fn(d) for each direction d, the two directions concurrently when threads allow:
+// direction 0 on this thread, direction 1 on a thread of torch's inter-op pool. Not
+// at::parallel_for: its OpenMP body is inlined from ATen's headers into this extension,
+// which is built without -fopenmp, so there it runs serially. Whichever thread claims
+// direction 1 first runs it, so a busy (or nested, or one-thread) pool cannot deadlock us.
 // Inside a direction's task BLAS runs single-threaded: the other direction has the other
 // thread, and a nested BLAS thread team would only fight it for the cores.
 template <typename Fn>
@@ -48,10 +56,36 @@ void for_each_direction(int64_t D, const Fn& fn) {
     for (int64_t d = 0; d < D; ++d) fn(static_cast<int>(d));
     return;
   }
-  at::parallel_for(0, D, 1, [&](int64_t begin, int64_t end) {
+  struct Handoff {
+    std::atomic<bool> claimed{false};
+    std::promise<void> done;
+  };
+  const auto handoff = std::make_shared<Handoff>();
+  std::future<void> second_done = handoff->done.get_future();
+  // The pool may start this after we have run direction 1 ourselves and returned: then it
+  // only touches the shared handoff, never fn.
+  const auto run_second = [handoff, &fn] {
+    if (handoff->claimed.exchange(true)) return;
+    try {
+      const cpu::SingleThreadedBlas guard;
+      fn(1);
+      handoff->done.set_value();
+    } catch (...) {
+      handoff->done.set_exception(std::current_exception());
+    }
+  };
+  at::launch(run_second);
+  std::exception_ptr first_error;
+  try {
     const cpu::SingleThreadedBlas guard;
-    for (int64_t d = begin; d < end; ++d) fn(static_cast<int>(d));
-  });
+    fn(0);
+  } catch (...) {
+    first_error = std::current_exception();
+  }
+  run_second();         // the pool has not started it yet: run it here
+  second_done.wait();   // fn's buffers must outlive direction 1, error or not
+  if (first_error) std::rethrow_exception(first_error);
+  second_done.get();    // rethrows direction 1's error
 }
 
 template <typename Cell, typename T>
