@@ -251,3 +251,22 @@ def op_inputs(cell, directions=2, bias=True, proj=0, lengths=(3, 1, 4), steps=4,
         rand(directions, g_h) if bias else None,
         rand(directions, h_out, hidden) if proj else None,
     ]
+
+
+def layer_of_tensors(cell, args):
+    """ops.layer as a function of the tensors among op_inputs' `args` (lengths held fixed):
+    returns (fn, tensors) with fn(*tensors) -> the layer's outputs that are not None."""
+    from birnn_ext import ops
+
+    lengths = args[1]
+    positions = [i for i, a in enumerate(args) if a is not None and i != 1]
+
+    def fn(*tensors):
+        full = [None] * len(args)
+        full[1] = lengths
+        for pos, t in zip(positions, tensors):
+            full[pos] = t
+        return tuple(o for o in ops.layer(cell, *full) if o is not None)
+
+    return fn, [args[i] for i in positions]
+

@@ -7,7 +7,7 @@ from torch import nn
 
 import birnn_ext
 from birnn_ext import ops
-from helpers import CELLS, module_classes, op_inputs
+from helpers import CELLS, layer_of_tensors, module_classes, op_inputs
 
 
 @pytest.fixture(autouse=True)
@@ -77,17 +77,7 @@ def test_compiled_module_unbatched_batch_first():
 def test_compiled_layer_fullgraph(cell, backend_name):
     birnn_ext.set_backend(backend_name)
     args = op_inputs(cell, 2, True, 2 if cell == "lstm" else 0, (3, 1, 4))
-    lengths = args[1]
-    positions = [i for i, a in enumerate(args) if a is not None and i != 1]
-
-    def fn(*tensors):
-        full = [None] * 9
-        full[1] = lengths
-        for pos, t in zip(positions, tensors):
-            full[pos] = t
-        return ops.layer(cell, *full)
-
-    tensors = [args[i] for i in positions]
+    fn, tensors = layer_of_tensors(cell, args)
     eager = _run(fn, *tensors)
     compiled = torch.compile(fn, fullgraph=True)
     _assert_close(eager, _run(compiled, *tensors))

@@ -13,7 +13,7 @@ from torch import nn
 import birnn_ext
 from birnn_ext import ops
 from helpers import (CELLS, Case, assert_same, cast, check_low_precision, make_inputs,
-                     make_pair, op_inputs, run)
+                     layer_of_tensors, make_pair, op_inputs, run)
 
 pytestmark = pytest.mark.cuda
 
@@ -79,17 +79,8 @@ def test_parity_with_cpu_path(case):
 def test_gradcheck_float64(cell):
     args = op_inputs(cell, 2, True, 2 if cell == "lstm" else 0, (3, 1, 4), device="cuda",
                      requires_grad=True)
-    lengths = args[1]
-    positions = [i for i, a in enumerate(args) if a is not None and i != 1]
-
-    def fn(*tensors):
-        full = [None] * 9
-        full[1] = lengths
-        for pos, t in zip(positions, tensors):
-            full[pos] = t
-        return tuple(o for o in ops.layer(cell, *full) if o is not None)
-
-    assert torch.autograd.gradcheck(fn, [args[i] for i in positions], eps=1e-6, atol=1e-7,
+    fn, tensors = layer_of_tensors(cell, args)
+    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-7,
                                     rtol=1e-5)
 
 

@@ -6,8 +6,7 @@ import torch
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from birnn_ext import ops
-from helpers import CELLS, make_pair, op_inputs
+from helpers import CELLS, layer_of_tensors, make_pair, op_inputs
 
 LAYER_CASES = [
     # (directions, bias, proj, lengths)
@@ -27,23 +26,11 @@ def _cases():
                                   f"-proj{proj}-{'len' + ''.join(map(str, lengths)) if lengths else 'full'}")
 
 
-def _differentiable_layer(cell, lengths, positions):
-    """ops.layer as a function of its tensor arguments (only the ones present)."""
-    def fn(*tensors):
-        args = [None] * 9
-        args[1] = lengths
-        for pos, t in zip(positions, tensors):
-            args[pos] = t
-        return tuple(o for o in ops.layer(cell, *args) if o is not None)
-    return fn
-
-
 @pytest.mark.parametrize("cell,directions,bias,proj,lengths", list(_cases()))
 def test_layer_gradcheck(cell, directions, bias, proj, lengths, backend):
     args = op_inputs(cell, directions, bias, proj, lengths, requires_grad=True)
-    positions = [i for i, a in enumerate(args) if a is not None and i != 1]
-    fn = _differentiable_layer(cell, args[1], positions)
-    assert torch.autograd.gradcheck(fn, [args[i] for i in positions], eps=1e-6, atol=1e-7,
+    fn, tensors = layer_of_tensors(cell, args)
+    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-7,
                                     rtol=1e-5)
 
 
