@@ -53,9 +53,7 @@ def _define_reference_ops():
 def _check_devices(input, lengths, *tensors):
     """The device checks the real kernels make, for the fake kernels: without them a meta
     tensor among CPU ones would route the call here and return uninitialised memory."""
-    if lengths is not None and lengths.device != input.device:
-        raise RuntimeError(f"birnn_ext: lengths is on {lengths.device} but input is on "
-                           f"{input.device}; lengths must be on the input's device")
+    reference.check_lengths_device(input, lengths)
     for t in tensors:
         if t is not None and t.device != input.device:
             raise RuntimeError(f"birnn_ext: a tensor is on {t.device} but input is on "

@@ -105,6 +105,13 @@ def _autocast_off(device):
     return contextlib.nullcontext()
 
 
+def check_lengths_device(input, lengths):
+    """lengths (or None) must be on the input's device; the C++ ops' message."""
+    if lengths is not None and lengths.device != input.device:
+        raise RuntimeError(f"birnn_ext: lengths is on {lengths.device} but input is on "
+                           f"{input.device}; lengths must be on the input's device")
+
+
 def _check_lengths(input, lengths):
     """The C++ ops' checks on T and lengths (csrc/layer.cpp check_layer), same messages."""
     T, B = input.shape[0], input.shape[1]
@@ -112,9 +119,7 @@ def _check_lengths(input, lengths):
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     if lengths is None:
         return
-    if lengths.device != input.device:
-        raise RuntimeError(f"birnn_ext: lengths is on {lengths.device} but input is on "
-                           f"{input.device}; lengths must be on the input's device")
+    check_lengths_device(input, lengths)
     if lengths.dtype != torch.int64:
         raise RuntimeError(f"birnn_ext: lengths must be int64, got {lengths.dtype}")
     if tuple(lengths.shape) != (B,):
