@@ -1,8 +1,8 @@
 // CPU recurrence: the time loop of one layer, both directions at once.
 //
-// Each direction is one task; at::parallel_for hands the two tasks to two threads of
-// torch's intra-op pool (or runs them one after the other with a single thread). Inside a
-// task a step is one small GEMM (the recurrent product for the whole batch), then one pass
+// Each direction is one task: direction 0 runs on the calling thread, direction 1 on a
+// thread of torch's inter-op pool (for_each_direction; one after the other with a single
+// thread). Inside a task a step is one small GEMM (the recurrent product for the whole batch), then one pass
 // of the cell's pointwise math (csrc/cells.h) over the batch rows still inside their
 // sequence. Rows past their length are written as zero and leave the state untouched.
 #include <ATen/ATen.h>
