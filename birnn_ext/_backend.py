@@ -126,10 +126,10 @@ def _init_from_env():
 
 def kernel_path(device="cpu") -> str:
     """Names the kernel variant a layer on `device` runs with the active backend, e.g.
-    "cpu-avx2", "cpu-scalar", "cuda-standard" or "python-reference" (benchmark records)."""
+    "cpu-avx512", "cpu-avx2", "cpu-scalar", "cuda-standard" or "python-reference" (benchmark records)."""
     backend = get_backend()
     if backend == "python":
         return "python-reference"
     if str(device).startswith("cuda"):
         return "cuda-standard"
-    return "cpu-avx2" if compiled_module().cpu_simd() else "cpu-scalar"
+    return f"cpu-{compiled_module().cpu_simd()}"

@@ -21,6 +21,7 @@ def report() -> str:
         f"built against    torch {info.get('torch_version') or '-'}",
         f"backends built   {', '.join(compiled)}",
         f"active backend   {active} ({_backend.backend_reason()})",
+        f"CPU kernel path  {_backend.kernel_path('cpu')}",
         f"CUDA archs       {info.get('cuda_archs') or '-'}"
         + (f" (CUDA {info['cuda_version']})" if info.get("cuda_version") else ""),
     ]

@@ -30,6 +30,11 @@ using OptTensor = std::optional<at::Tensor>;
 struct ForwardArgs {
   CellKind cell;
   at::Tensor gates_x;  // [T, B, D, G*H] W_ih x + b_ih for every step, both directions
+                       // (written by the driver when driver_gemms, else by the op)
+  bool driver_gemms = false;  // see driver_does_gemms()
+  at::Tensor input;    // [T, B, I]
+  at::Tensor w_ih;     // [D, G*H, I]
+  at::Tensor b_ih;     // [D, G*H], or undefined
   at::Tensor lengths;  // [B] int64, or undefined when every sequence is T long
   at::Tensor w_hh;     // [D, G*H, Hout]
   at::Tensor b_hh;     // [D, G*H], or undefined
@@ -57,7 +62,20 @@ struct BackwardArgs {
   at::Tensor dgates_x;     // [T, B, D, G*H] written, zero past each length
   at::Tensor dgates_h;     // [T, B, D, G*H] written; the same tensor as dgates_x unless GRU
   at::Tensor dh_total;     // [T, B, D, Hout] written: dLoss/dh of every step (projection only)
+  // When driver_gemms (see driver_does_gemms()) the driver also writes these three:
+  bool driver_gemms = false;
+  at::Tensor input;        // [T, B, I]
+  at::Tensor w_ih;         // [D, G*H, I]
+  at::Tensor grad_input;   // [T, B, I]
+  at::Tensor grad_w_ih;    // [D, G*H, I]
+  at::Tensor grad_w_hh;    // [D, G*H, Hout]
 };
+
+// Whether the CPU driver runs a layer's large GEMMs itself (the input projection; dx,
+// dW_ih and dW_hh) with its own AVX-512 GEMM, each direction's share on that direction's
+// thread, instead of the op running them as ATen GEMMs around the recurrence. True for
+// float32 on a CPU with AVX-512 (csrc/cpu/gemm_avx512.h says why).
+bool cpu_driver_does_gemms(const at::Tensor& input);
 
 // Per-device recurrence drivers (csrc/cpu/, csrc/cuda/).
 void forward_recurrence_cpu(const ForwardArgs& args);

@@ -181,16 +181,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const auto opts = input.options();
   const int64_t GH = d.G * d.H;
 
-  // One GEMM: both directions' input projection for every step -> [T, B, D, G*H].
-  at::Tensor x2d = input.reshape({d.T * d.B, d.I});
-  at::Tensor w_ih_both = w_ih.reshape({d.D * GH, d.I});
-  at::Tensor gates_x = (b_ih.has_value() && b_ih->defined())
-                           ? at::addmm(b_ih->reshape({d.D * GH}), x2d, w_ih_both.t())
-                           : at::mm(x2d, w_ih_both.t());
-
+  const bool has_bias = b_ih.has_value() && b_ih->defined();
   ForwardArgs args;
   args.cell = Kind;
-  args.gates_x = gates_x.view({d.T, d.B, d.D, GH});
+  args.driver_gemms = input.is_cpu() && cpu_driver_does_gemms(input);
+  if (args.driver_gemms) {
+    args.input = input.contiguous();
+    args.w_ih = w_ih.contiguous();
+    args.b_ih = has_bias ? b_ih->contiguous() : at::Tensor();
+    args.gates_x = empty_for_driver({d.T, d.B, d.D, GH}, opts);
+  } else {
+    // One GEMM: both directions' input projection for every step -> [T, B, D, G*H].
+    at::Tensor x2d = input.reshape({d.T * d.B, d.I});
+    at::Tensor w_ih_both = w_ih.reshape({d.D * GH, d.I});
+    at::Tensor gates_x = has_bias ? at::addmm(b_ih->reshape({d.D * GH}), x2d, w_ih_both.t())
+                                  : at::mm(x2d, w_ih_both.t());
+    args.gates_x = gates_x.view({d.T, d.B, d.D, GH});
+  }
   args.lengths = contiguous_or_empty(lengths);
   args.w_hh = w_hh.contiguous();
   args.b_hh = b_hh.has_value() && b_hh->defined() ? b_hh->contiguous() : at::Tensor();
@@ -253,6 +260,14 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                       ? empty_for_driver({d.T, d.B, d.D, GH}, opts)
                       : args.dgates_x;
   args.dh_total = proj ? empty_for_driver({d.T, d.B, d.D, d.Hout}, opts) : at::Tensor();
+  args.driver_gemms = d.B > 0 && input.is_cpu() && cpu_driver_does_gemms(input);
+  if (args.driver_gemms) {
+    args.input = input.contiguous();
+    args.w_ih = w_ih.contiguous();
+    args.grad_input = empty_for_driver({d.T, d.B, d.I}, opts);
+    args.grad_w_ih = empty_for_driver({d.D, GH, d.I}, opts);
+    args.grad_w_hh = empty_for_driver({d.D, GH, d.Hout}, opts);
+  }
   if (d.B > 0) {
     run_backward(args);
   } else {
@@ -261,13 +276,18 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
     if (proj) args.dh_total.zero_();
   }
 
-  // After the loop: dx and every weight gradient as large GEMMs over all steps.
-  at::Tensor grad_input =
-      at::mm(args.dgates_x.view({d.T * d.B, d.D * GH}), w_ih.reshape({d.D * GH, d.I}))
-          .view({d.T, d.B, d.I});
-  at::Tensor grad_w_ih = weight_grad(args.dgates_x, input, d.D);
-  at::Tensor h_prev = previous_states(args.output, args.h0, args.lengths);
-  at::Tensor grad_w_hh = weight_grad(args.dgates_h, h_prev, d.D);
+  // After the loop (unless the driver did them): dx and the weight gradients as large
+  // GEMMs over all steps.
+  at::Tensor grad_input = args.grad_input, grad_w_ih = args.grad_w_ih,
+             grad_w_hh = args.grad_w_hh;
+  if (!args.driver_gemms) {
+    grad_input =
+        at::mm(args.dgates_x.view({d.T * d.B, d.D * GH}), w_ih.reshape({d.D * GH, d.I}))
+            .view({d.T, d.B, d.I});
+    grad_w_ih = weight_grad(args.dgates_x, input, d.D);
+    at::Tensor h_prev = previous_states(args.output, args.h0, args.lengths);
+    grad_w_hh = weight_grad(args.dgates_h, h_prev, d.D);
+  }
   // An absent input's gradient is a fresh [0] tensor each: op outputs must not alias.
   auto none = [&] { return at::empty({0}, opts); };
   at::Tensor grad_b_ih = has_bias ? args.dgates_x.sum({0, 1}) : none();

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "birnn.h"
+#include "cpu/gemm_avx512.h"
 #include "cpu/pointwise.h"
 
 #ifndef BIRNN_CUDA_ARCHS
@@ -64,6 +65,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
     info["torch_version"] = BIRNN_TORCH_VERSION;
     return info;
   });
-  module.def("cpu_simd", &birnn::cpu::use_avx2,
-             "Whether the CPU pointwise pass runs on AVX2 vectors on this machine");
+  module.def(
+      "cpu_simd",
+      [] {
+        if (birnn::cpu::avx512::supported()) return "avx512";
+        return birnn::cpu::use_avx2() ? "avx2" : "scalar";
+      },
+      "The CPU path on this machine: 'avx512' (float32 GEMMs on AVX-512, pointwise on AVX2), "
+      "'avx2' (pointwise on AVX2, small-batch GEMM on AVX2, MKL otherwise) or 'scalar'");
 }

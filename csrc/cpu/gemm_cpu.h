@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include "gemm_avx512.h"
 #include "pointwise.h"
 
 extern "C" {
@@ -90,9 +91,10 @@ void gemm_nn(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* 
 // out[rows, N] = x[rows, K] @ op(W) + beta * out, with op(W) = W^T for W [N, K] (transposed)
 // or W for W [K, N]. For float with MKL, W is packed once into MKL's blocked layout
 // (cblas_sgemm_pack) and each step runs cblas_sgemm_compute on it, as oneDNN's RNNs do:
-// T steps would otherwise re-pack the same weight T times. For a small batch (at most
-// kSmallRows rows) on an AVX2 CPU our own panel GEMM replaces it: MKL's small-M GEMMs pay
-// a fixed cost per call that dominates a step of a small layer. Elsewhere a plain GEMM.
+// T steps would otherwise re-pack the same weight T times. On an AVX-512 CPU our own GEMM
+// (gemm_avx512.h) replaces it for every batch size; on an AVX2-only CPU our AVX2 panel GEMM
+// does for a small batch (at most kSmallRows rows): MKL's small-M GEMMs pay a fixed cost per
+// call that dominates a step of a small layer. Elsewhere a plain GEMM.
 template <typename T>
 class StepWeight {
  public:
@@ -100,6 +102,13 @@ class StepWeight {
 
   StepWeight(const T* w, int64_t N, int64_t K, bool transposed, int64_t rows)
       : w_(w), N_(N), K_(K), transposed_(transposed) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (avx512::supported() && N > 0) {
+        panels512_ = at::empty({avx512::panel_floats(N, K)}, at::kFloat);
+        avx512::pack_panels(w, transposed ? K : N, N, K, transposed, panels512_.data_ptr<float>());
+        return;
+      }
+    }
     if constexpr (std::is_same_v<T, float> && kHasSimdPath<T>) {
       if (rows <= kSmallRows && use_avx2() && N > 0 && K > 0) {
         panels_ = at::empty({avx2::panel_floats(N, K)}, at::kFloat);
@@ -121,6 +130,13 @@ class StepWeight {
 
   void apply(int64_t rows, const T* x, int64_t ldx, T beta, T* out, int64_t ldout) const {
     if (rows == 0 || N_ == 0) return;
+    if constexpr (std::is_same_v<T, float>) {
+      if (panels512_.defined()) {
+        avx512::gemm(rows, N_, K_, x, ldx, 1, panels512_.data_ptr<float>(), nullptr, beta, out,
+                     ldout);
+        return;
+      }
+    }
     if constexpr (std::is_same_v<T, float> && kHasSimdPath<T>) {
       if (panels_.defined()) {
         avx2::small_gemm(rows, N_, K_, x, ldx, panels_.data_ptr<float>(), beta, out, ldout);
@@ -150,7 +166,8 @@ class StepWeight {
   int64_t N_, K_;
   bool transposed_;
   at::Tensor packed_;  // MKL's packed copy of W, or undefined
-  at::Tensor panels_;  // our panel copy of op(W) for small batches, or undefined
+  at::Tensor panels_;  // our AVX2 panel copy of op(W) for small batches, or undefined
+  at::Tensor panels512_;  // our AVX-512 panel copy of op(W), or undefined
 };
 
 }  // namespace birnn::cpu

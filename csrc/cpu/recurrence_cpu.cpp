@@ -1,9 +1,8 @@
 // CPU recurrence: the time loop of one layer, both directions at once.
 //
-// Each direction is one task: direction 0 runs on the calling thread, direction 1 on a
-// thread of torch's inter-op pool (for_each_direction; one after the other with a single
-// thread). Inside a task a step is one small GEMM (the recurrent product for the whole batch), then one pass
-// of the cell's pointwise math (csrc/cells.h) over the batch rows still inside their
+// Each direction is one task (cpu::run_tasks: on torch's OpenMP team, one after the other
+// with a single thread). Inside a task a step is one small GEMM (the recurrent product for
+// the whole batch), then one pass of the cell's pointwise math (csrc/cells.h) over the batch rows still inside their
 // sequence. Rows past their length are written as zero and leave the state untouched.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -12,80 +11,27 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
-#include <exception>
-#include <future>
-#include <memory>
 #include <optional>
 #include <vector>
 
 #include "../birnn.h"
 #include "../register.h"
 #include "gemm_cpu.h"
+#include "large_gemms.h"
 #include "pointwise.h"
+#include "tasks.h"
 
 namespace birnn {
 namespace {
 
+using cpu::Lengths;
+using cpu::lengths_of;
 using cpu::StepWeight;
 
-// Sequence lengths, or T for every sequence when none were given.
-struct Lengths {
-  const int64_t* values;
-  int64_t T;
-  int64_t operator[](int64_t b) const { return values ? values[b] : T; }
-  int64_t max(int64_t B) const {
-    return values ? (B ? *std::max_element(values, values + B) : 0) : T;
-  }
-};
-
-Lengths lengths_of(const at::Tensor& lengths, int64_t T) {
-  return {lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, T};
-}
-
-// Runs fn(d) for each direction d, the two directions concurrently when threads allow:
-// direction 0 on this thread, direction 1 on a thread of torch's inter-op pool. Not
-// at::parallel_for: its OpenMP body is inlined from ATen's headers into this extension,
-// which is built without -fopenmp, so there it runs serially. Whichever thread claims
-// direction 1 first runs it, so a busy (or nested, or one-thread) pool cannot deadlock us.
-// Inside a direction's task BLAS runs single-threaded: the other direction has the other
-// thread, and a nested BLAS thread team would only fight it for the cores.
+// Runs fn(d) for each direction d, the two directions concurrently when threads allow.
 template <typename Fn>
 void for_each_direction(int64_t D, const Fn& fn) {
-  if (D == 1 || at::get_num_threads() < 2) {
-    for (int64_t d = 0; d < D; ++d) fn(static_cast<int>(d));
-    return;
-  }
-  struct Handoff {
-    std::atomic<bool> claimed{false};
-    std::promise<void> done;
-  };
-  const auto handoff = std::make_shared<Handoff>();
-  std::future<void> second_done = handoff->done.get_future();
-  // The pool may start this after we have run direction 1 ourselves and returned: then it
-  // only touches the shared handoff, never fn.
-  const auto run_second = [handoff, &fn] {
-    if (handoff->claimed.exchange(true)) return;
-    try {
-      const cpu::SingleThreadedBlas guard;
-      fn(1);
-      handoff->done.set_value();
-    } catch (...) {
-      handoff->done.set_exception(std::current_exception());
-    }
-  };
-  at::launch(run_second);
-  std::exception_ptr first_error;
-  try {
-    const cpu::SingleThreadedBlas guard;
-    fn(0);
-  } catch (...) {
-    first_error = std::current_exception();
-  }
-  run_second();         // the pool has not started it yet: run it here
-  second_done.wait();   // fn's buffers must outlive direction 1, error or not
-  if (first_error) std::rethrow_exception(first_error);
-  second_done.get();    // rethrows direction 1's error
+  cpu::run_tasks(static_cast<int>(D), [&](int d) { fn(d); });
 }
 
 template <typename Cell, typename T>
@@ -228,25 +174,43 @@ void backward_direction(const BackwardArgs& a, int d) {
 }  // namespace
 
 void forward_recurrence_cpu(const ForwardArgs& a) {
+  const int64_t D = a.output.size(2), rows = a.output.size(0) * a.output.size(1);
+  if (a.driver_gemms && D == 1) {
+    // One direction: its input projection still takes every thread, in row blocks.
+    const int blocks = std::max(1, at::get_num_threads());
+    cpu::run_tasks(blocks, [&](int i) {
+      cpu::project_inputs(a, 0, rows * i / blocks, rows * (i + 1) / blocks);
+    });
+  }
   dispatch_cell(a.cell, [&](auto cell) {
     using Cell = decltype(cell);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.gates_x.scalar_type(),
                                     "birnn_forward_cpu", [&] {
-      for_each_direction(a.output.size(2),
-                         [&](int d) { forward_direction<Cell, scalar_t>(a, d); });
+      for_each_direction(D, [&](int d) {
+        if (a.driver_gemms && D == 2) cpu::project_inputs(a, d, 0, rows);
+        forward_direction<Cell, scalar_t>(a, d);
+      });
     });
   });
 }
 
 void backward_recurrence_cpu(const BackwardArgs& a) {
+  const int64_t D = a.output.size(2);
+  // Direction 1's part of dx, summed into grad_input once both are done.
+  const at::Tensor dx_1 = a.driver_gemms && D == 2 ? at::empty_like(a.grad_input) : at::Tensor();
   dispatch_cell(a.cell, [&](auto cell) {
     using Cell = decltype(cell);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dgates_x.scalar_type(),
                                     "birnn_backward_cpu", [&] {
-      for_each_direction(a.output.size(2),
-                         [&](int d) { backward_direction<Cell, scalar_t>(a, d); });
+      for_each_direction(D, [&](int d) {
+        backward_direction<Cell, scalar_t>(a, d);
+        if (a.driver_gemms) {
+          cpu::backward_gemms(a, d, (d == 0 ? a.grad_input : dx_1).data_ptr<float>());
+        }
+      });
     });
   });
+  if (dx_1.defined()) a.grad_input.add_(dx_1);
 }
 
 }  // namespace birnn

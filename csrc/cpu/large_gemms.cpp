@@ -1,0 +1,74 @@
+// The CPU driver's large GEMMs (large_gemms.h) on the AVX-512 GEMM of gemm_avx512.h.
+#include "large_gemms.h"
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "gemm_avx512.h"
+
+namespace birnn {
+
+bool cpu_driver_does_gemms(const at::Tensor& input) {
+  return input.scalar_type() == at::kFloat && cpu::avx512::supported();
+}
+
+namespace cpu {
+namespace {
+
+// op(W) packed into panels (gemm_avx512.h): W [N, K] used transposed, or W [K, N].
+at::Tensor packed(const float* w, int64_t N, int64_t K, bool transposed) {
+  at::Tensor panels = at::empty({avx512::panel_floats(N, K)}, at::kFloat);
+  avx512::pack_panels(w, transposed ? K : N, N, K, transposed, panels.data_ptr<float>());
+  return panels;
+}
+
+}  // namespace
+
+void project_inputs(const ForwardArgs& a, int d, int64_t row0, int64_t row1) {
+  const int64_t D = a.w_ih.size(0), GH = a.w_ih.size(1), I = a.w_ih.size(2);
+  const at::Tensor w = packed(a.w_ih.data_ptr<float>() + d * GH * I, GH, I, true);
+  const float* bias = a.b_ih.defined() ? a.b_ih.data_ptr<float>() + d * GH : nullptr;
+  avx512::gemm(row1 - row0, GH, I, a.input.data_ptr<float>() + row0 * I, I, 1,
+               w.data_ptr<float>(), bias, 0.f, a.gates_x.data_ptr<float>() + (row0 * D + d) * GH,
+               D * GH);
+}
+
+void backward_gemms(const BackwardArgs& a, int d, float* dx_d) {
+  const int64_t T = a.output.size(0), B = a.output.size(1), D = a.output.size(2);
+  const int64_t Hout = a.output.size(3), GH = a.w_ih.size(1), I = a.w_ih.size(2);
+  const int64_t TB = T * B;
+  // This direction's columns of dgates [T*B, D, G*H], and the same seen transposed.
+  const float* dgates_x = a.dgates_x.data_ptr<float>() + d * GH;
+  const float* dgates_h = a.dgates_h.data_ptr<float>() + d * GH;
+
+  // dx_d [T*B, I] = dgates_x @ W_ih[d]
+  at::Tensor w = packed(a.w_ih.data_ptr<float>() + d * GH * I, I, GH, false);
+  avx512::gemm(TB, I, GH, dgates_x, D * GH, 1, w.data_ptr<float>(), nullptr, 0.f, dx_d, I);
+
+  // grad_w_ih[d] [G*H, I] = dgates_x^T @ x
+  at::Tensor x = packed(a.input.data_ptr<float>(), I, TB, false);
+  avx512::gemm(GH, I, TB, dgates_x, 1, D * GH, x.data_ptr<float>(), nullptr, 0.f,
+               a.grad_w_ih.data_ptr<float>() + d * GH * I, I);
+
+  // grad_w_hh[d] [G*H, Hout] = dgates_h^T @ h_prev, h_prev [T*B, Hout] the state each step
+  // started from (h0 at the direction's first step). Padded steps have zero dgates, so any
+  // finite row serves them.
+  const Lengths len = lengths_of(a.lengths, T);
+  const float* output = a.output.data_ptr<float>();
+  const float* h0 = a.h0.data_ptr<float>() + d * B * Hout;
+  std::vector<const float*> h_prev(TB);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t prev = previous_step(d, t, len[b]);
+      h_prev[t * B + b] = prev < 0 ? h0 + b * Hout : output + ((prev * B + b) * D + d) * Hout;
+    }
+  }
+  at::Tensor h = at::empty({avx512::panel_floats(Hout, TB)}, at::kFloat);
+  avx512::pack_rows(h_prev.data(), Hout, TB, h.data_ptr<float>());
+  avx512::gemm(GH, Hout, TB, dgates_h, 1, D * GH, h.data_ptr<float>(), nullptr, 0.f,
+               a.grad_w_hh.data_ptr<float>() + d * GH * Hout, Hout);
+}
+
+}  // namespace cpu
+}  // namespace birnn

@@ -1,0 +1,36 @@
+// The large GEMMs of a layer on the CPU driver's own threads (see cpu_driver_does_gemms in
+// csrc/birnn.h): each direction's task does its input projection before its time loop, and
+// its share of dx, dW_ih and dW_hh after its backward loop, so the two directions never
+// wait for each other and no GEMM runs between the op and the driver.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+
+#include "../birnn.h"
+
+namespace birnn::cpu {
+
+// Sequence lengths, or T for every sequence when none were given.
+struct Lengths {
+  const int64_t* values;
+  int64_t T;
+  int64_t operator[](int64_t b) const { return values ? values[b] : T; }
+  int64_t max(int64_t B) const {
+    return values ? (B ? *std::max_element(values, values + B) : 0) : T;
+  }
+};
+
+inline Lengths lengths_of(const at::Tensor& lengths, int64_t T) {
+  return {lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, T};
+}
+
+// gates_x[t, b, d] = W_ih[d] x[t, b] + b_ih[d] for the rows [row0, row1) of the T*B (t, b).
+void project_inputs(const ForwardArgs& a, int d, int64_t row0, int64_t row1);
+
+// Direction d's share of the backward GEMMs: grad_w_ih[d], grad_w_hh[d], and
+// dx_d [T*B, I] = dgates_x[:, :, d] @ W_ih[d] (the caller sums dx over directions).
+void backward_gemms(const BackwardArgs& a, int d, float* dx_d);
+
+}  // namespace birnn::cpu

@@ -1,0 +1,74 @@
+"""The CPU path's own kernels at shapes that reach every branch of their blocking.
+
+The float32 path on an AVX-512 CPU runs every GEMM on birnn_ext's own kernel
+(csrc/cpu/gemm_avx512.cpp): 16-column panels with a masked last panel, register tiles of
+1-8 rows, K in blocks of 384 and N in blocks of panels. These tests compare against torch.nn
+in float64 (the exact answer for float32 rounding), at sizes chosen to cross each block
+edge, and run the other CPU paths (`BIRNN_EXT_CPU_SIMD=avx2` and `0`) in subprocesses,
+since the path is chosen once per process.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import birnn_ext
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (batch, hidden, input, steps): partial panels and a single row; then K = input > 384
+# (projection K-blocks), G*H > 256 columns (several N-blocks) and T*B > 384 (K-blocks of the
+# weight gradients); then 17 rows (two full row tiles and one of 1).
+SHAPES = [(1, 37, 23, 5), (13, 200, 400, 40), (17, 24, 16, 3)]
+
+
+def run_float32_against_float64(cell, batch, hidden, input_size, steps, seed=0):
+    """Max abs error over outputs and every gradient of a bidirectional packed layer in
+    float32 against the same layer in float64, each relative to that tensor's max."""
+    torch.manual_seed(seed)
+    cls = {"lstm": birnn_ext.LSTM, "gru": birnn_ext.GRU, "rnn": birnn_ext.RNN}[cell]
+    ref_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+    ref = ref_cls(input_size, hidden, bidirectional=True, dtype=torch.float64)
+    ours = cls(input_size, hidden, bidirectional=True, dtype=torch.float32)
+    ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    x = torch.randn(steps, batch, input_size, dtype=torch.float64)
+    lengths = torch.randint(1, steps + 1, (batch,))
+    lengths[0] = steps
+    results = []
+    for model, dtype in ((ref, torch.float64), (ours, torch.float32)):
+        xi = x.to(dtype).detach().clone().requires_grad_()
+        out, _ = model(pack_padded_sequence(xi, lengths, enforce_sorted=False))
+        gen = torch.Generator().manual_seed(1)
+        (out.data * torch.randn(out.data.shape, generator=gen).to(dtype)).sum().backward()
+        tensors = [out.data, xi.grad] + [p.grad for p in model.parameters()]
+        results.append([t.double() for t in tensors])
+    return max(((a - e).abs().max() / e.abs().max().clamp_min(1e-30)).item()
+               for e, a in zip(*results))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["B{}-H{}-I{}-T{}".format(*s) for s in SHAPES])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_float32_gemm_block_edges(cell, shape):
+    assert run_float32_against_float64(cell, *shape) < 1e-5
+
+
+@pytest.mark.parametrize("simd", ["avx2", "0"])
+def test_other_cpu_paths(simd):
+    """The paths this machine does not take by default: their float32 results are as good."""
+    script = (
+        "import sys; sys.path.insert(0, 'tests'); import test_cpu_kernels as t, birnn_ext;"
+        "print(birnn_ext.kernel_path('cpu'));"
+        "print(max(t.run_float32_against_float64(c, *s) for c in ('lstm', 'gru') "
+        "for s in t.SHAPES[:2]))")
+    env = dict(os.environ, BIRNN_EXT_CPU_SIMD=simd)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    path, error = done.stdout.split()
+    assert path == ("cpu-avx2" if simd == "avx2" else "cpu-scalar") or \
+        birnn_ext.get_backend() == "python"
+    assert float(error) < 1e-5
