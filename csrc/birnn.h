@@ -29,8 +29,9 @@ using OptTensor = std::optional<at::Tensor>;
 // cell's pointwise pass (plus the projection GEMM for an LSTM with proj_size).
 struct ForwardArgs {
   CellKind cell;
-  at::Tensor gates_x;  // [T, B, D, G*H] W_ih x + b_ih for every step, both directions
-                       // (written by the driver when driver_gemms, else by the op)
+  at::Tensor gates_x;  // [T, B, D, G*H] W_ih x + b_ih for every step, both directions,
+                       // written by the op; with driver_gemms by the driver (D = 1) or
+                       // undefined (D = 2: the driver projects chunks of steps as it goes)
   bool driver_gemms = false;  // see driver_does_gemms()
   at::Tensor input;    // [T, B, I]
   at::Tensor w_ih;     // [D, G*H, I]

@@ -116,10 +116,10 @@ at::Tensor empty_for_driver(at::IntArrayRef sizes, const at::TensorOptions& opts
 }
 
 void run_forward(const ForwardArgs& args) {
-  if (args.gates_x.is_cuda()) {
+  if (args.output.is_cuda()) {
     forward_recurrence_cuda(args);
   } else {
-    TORCH_CHECK(args.gates_x.is_cpu(), "birnn_ext: unsupported device ", args.gates_x.device());
+    TORCH_CHECK(args.output.is_cpu(), "birnn_ext: unsupported device ", args.output.device());
     forward_recurrence_cpu(args);
   }
 }
@@ -189,7 +189,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     args.input = input.contiguous();
     args.w_ih = w_ih.contiguous();
     args.b_ih = has_bias ? b_ih->contiguous() : at::Tensor();
-    args.gates_x = empty_for_driver({d.T, d.B, d.D, GH}, opts);
+    // Two directions project in chunks as their time loops go (no gates_x at all).
+    if (d.D == 1) args.gates_x = empty_for_driver({d.T, d.B, d.D, GH}, opts);
   } else {
     // One GEMM: both directions' input projection for every step -> [T, B, D, G*H].
     at::Tensor x2d = input.reshape({d.T * d.B, d.I});

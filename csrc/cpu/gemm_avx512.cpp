@@ -118,33 +118,70 @@ void run_rows(int64_t rows, const Block& b) {
   }
 }
 
+// In-register transpose: r[i] holds row i of a 16 x 16 block; afterwards r[c] holds its
+// column c. Three rounds of shuffles: pairs of floats, then quads within 128-bit lanes, then
+// the lanes themselves.
+void transpose16x16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // Now lane j of r[4i + c] will hold column 4j + c of rows 4i .. 4i + 3.
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 a = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
+    const __m512 b = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+    const __m512 e = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
+    const __m512 f = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+    t[c] = _mm512_shuffle_f32x4(a, e, 0x88);
+    t[4 + c] = _mm512_shuffle_f32x4(a, e, 0xDD);
+    t[8 + c] = _mm512_shuffle_f32x4(b, f, 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(b, f, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
 }  // namespace
 
 void pack_panels(const float* w, int64_t ldw, int64_t N, int64_t K, bool transposed,
                  float* panels) {
   const int64_t num_panels = (N + kPanel - 1) / kPanel;
-  // Blocks of k outer and panels inner, so the source is read in the order it is stored.
-  constexpr int64_t kPackBlock = 64;
-  for (int64_t k0 = 0; k0 < K; k0 += kPackBlock) {
-    const int64_t k1 = std::min(K, k0 + kPackBlock);
-    for (int64_t p = 0; p < num_panels; ++p) {
-      const int64_t n0 = p * kPanel, cols = std::min(kPanel, N - n0);
-      const __mmask16 mask = __mmask16((1u << cols) - 1);
-      float* panel = panels + p * K * kPanel;
-      if (!transposed) {
+  if (!transposed) {
+    // Blocks of k outer and panels inner, so that W [K, N] is read in its storage order.
+    constexpr int64_t kRowsPerBlock = 64;
+    for (int64_t k0 = 0; k0 < K; k0 += kRowsPerBlock) {
+      const int64_t k1 = std::min(K, k0 + kRowsPerBlock);
+      for (int64_t p = 0; p < num_panels; ++p) {
+        const int64_t n0 = p * kPanel, cols = std::min(kPanel, N - n0);
+        const __mmask16 mask = __mmask16((1u << cols) - 1);
+        float* panel = panels + p * K * kPanel;
         for (int64_t k = k0; k < k1; ++k) {
           _mm512_storeu_ps(panel + k * kPanel, _mm512_maskz_loadu_ps(mask, w + k * ldw + n0));
         }
-        continue;
       }
-      // Column k of 16 rows of W [N, K]: one gather of stride ldw.
-      const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                              _mm512_set1_epi32(static_cast<int>(ldw)));
-      for (int64_t k = k0; k < k1; ++k) {
-        _mm512_storeu_ps(panel + k * kPanel,
-                         _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, rows,
-                                                  w + n0 * ldw + k, sizeof(float)));
+    }
+    return;
+  }
+  for (int64_t p = 0; p < num_panels; ++p) {
+    const int64_t n0 = p * kPanel, cols = std::min(kPanel, N - n0);
+    float* panel = panels + p * K * kPanel;
+    // W [N, K]: 16 rows of W become the panel's 16 columns, 16 k at a time.
+    for (int64_t k0 = 0; k0 < K; k0 += kPanel) {
+      const int64_t ks = std::min(kPanel, K - k0);
+      const __mmask16 k_mask = __mmask16((1u << ks) - 1);
+      __m512 block[16];
+      for (int64_t i = 0; i < kPanel; ++i) {
+        block[i] = i < cols ? _mm512_maskz_loadu_ps(k_mask, w + (n0 + i) * ldw + k0)
+                            : _mm512_setzero_ps();
       }
+      transpose16x16(block);
+      for (int64_t c = 0; c < ks; ++c) _mm512_storeu_ps(panel + (k0 + c) * kPanel, block[c]);
     }
   }
 }

@@ -25,13 +25,16 @@ at::Tensor packed(const float* w, int64_t N, int64_t K, bool transposed) {
 
 }  // namespace
 
-void project_inputs(const ForwardArgs& a, int d, int64_t row0, int64_t row1) {
-  const int64_t D = a.w_ih.size(0), GH = a.w_ih.size(1), I = a.w_ih.size(2);
-  const at::Tensor w = packed(a.w_ih.data_ptr<float>() + d * GH * I, GH, I, true);
-  const float* bias = a.b_ih.defined() ? a.b_ih.data_ptr<float>() + d * GH : nullptr;
-  avx512::gemm(row1 - row0, GH, I, a.input.data_ptr<float>() + row0 * I, I, 1,
-               w.data_ptr<float>(), bias, 0.f, a.gates_x.data_ptr<float>() + (row0 * D + d) * GH,
-               D * GH);
+InputProjection::InputProjection(const ForwardArgs& a, int d)
+    : x_(a.input.data_ptr<float>()),
+      bias_(a.b_ih.defined() ? a.b_ih.data_ptr<float>() + d * a.w_ih.size(1) : nullptr),
+      GH_(a.w_ih.size(1)),
+      I_(a.w_ih.size(2)),
+      panels_(packed(a.w_ih.data_ptr<float>() + d * GH_ * I_, GH_, I_, true)) {}
+
+void InputProjection::apply(int64_t row0, int64_t row1, float* out, int64_t ldo) const {
+  avx512::gemm(row1 - row0, GH_, I_, x_ + row0 * I_, I_, 1, panels_.data_ptr<float>(), bias_,
+               0.f, out, ldo);
 }
 
 void backward_gemms(const BackwardArgs& a, int d, float* dx_d) {

@@ -26,8 +26,19 @@ inline Lengths lengths_of(const at::Tensor& lengths, int64_t T) {
   return {lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, T};
 }
 
-// gates_x[t, b, d] = W_ih[d] x[t, b] + b_ih[d] for the rows [row0, row1) of the T*B (t, b).
-void project_inputs(const ForwardArgs& a, int d, int64_t row0, int64_t row1);
+// Direction d's input projection W_ih[d] x + b_ih[d], with W_ih[d] packed once.
+class InputProjection {
+ public:
+  InputProjection(const ForwardArgs& a, int d);
+  // out[(row - row0) * ldo, :G*H] for the input rows [row0, row1) of the T*B (t, b).
+  void apply(int64_t row0, int64_t row1, float* out, int64_t ldo) const;
+
+ private:
+  const float* x_;     // [T*B, I]
+  const float* bias_;  // [G*H], or null
+  int64_t GH_, I_;
+  at::Tensor panels_;  // W_ih[d]^T packed (gemm_avx512.h)
+};
 
 // Direction d's share of the backward GEMMs: grad_w_ih[d], grad_w_hh[d], and
 // dx_d [T*B, I] = dgates_x[:, :, d] @ W_ih[d] (the caller sums dx over directions).

@@ -1,7 +1,8 @@
 // The CPU's per-row pointwise pass: a cell's forward or backward over the H hidden units of
-// one (t, b, d) row. The cell math is csrc/cells.h's; on a CPU with AVX2 and FMA the bulk of
-// the row runs 8 floats (4 doubles) at a time through the same cell structs instantiated
-// with SIMD vectors (pointwise_avx2.cpp), and the tail in scalar code.
+// one (t, b, d) row. The cell math is csrc/cells.h's; the bulk of the row runs through the
+// same cell structs instantiated with SIMD vectors, 16 floats (8 doubles) at a time on a
+// CPU with AVX-512 (pointwise_avx512.cpp), else 8 (4) with AVX2 and FMA
+// (pointwise_avx2.cpp), and the tail in scalar code.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -14,6 +15,15 @@ namespace birnn::cpu {
 
 // True when this CPU runs the AVX2 loops (and BIRNN_EXT_CPU_SIMD is not "0"); checked once.
 bool use_avx2();
+
+namespace avx512 {
+bool supported();  // gemm_avx512.h
+// As avx2:: below, 16 floats (8 doubles) at a time: pointwise_avx512.cpp.
+template <typename Cell, typename T>
+int64_t forward_units(const ForwardRow<T>& r, int64_t H);
+template <typename Cell, typename T>
+int64_t backward_units(const BackwardRow<T>& r, int64_t H);
+}  // namespace avx512
 
 namespace avx2 {
 // Defined for T = float and double in pointwise_avx2.cpp. They process the leading units
@@ -44,7 +54,11 @@ template <typename Cell, typename T>
 void forward_row(const ForwardRow<T>& r, int64_t H) {
   int64_t j = 0;
   if constexpr (kHasSimdPath<T>) {
-    if (use_avx2()) j = avx2::forward_units<Cell, T>(r, H);
+    if (avx512::supported()) {
+      j = avx512::forward_units<Cell, T>(r, H);
+    } else if (use_avx2()) {
+      j = avx2::forward_units<Cell, T>(r, H);
+    }
   }
   for (; j < H; ++j) Cell::template forward<T, at::opmath_type<T>>(r, j, H);
 }
@@ -53,7 +67,11 @@ template <typename Cell, typename T>
 void backward_row(const BackwardRow<T>& r, int64_t H) {
   int64_t j = 0;
   if constexpr (kHasSimdPath<T>) {
-    if (use_avx2()) j = avx2::backward_units<Cell, T>(r, H);
+    if (avx512::supported()) {
+      j = avx512::backward_units<Cell, T>(r, H);
+    } else if (use_avx2()) {
+      j = avx2::backward_units<Cell, T>(r, H);
+    }
   }
   for (; j < H; ++j) Cell::template backward<T, at::opmath_type<T>>(r, j, H);
 }

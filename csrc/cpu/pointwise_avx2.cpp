@@ -1,6 +1,5 @@
-// The cells of csrc/cells.h over SIMD vectors: this file specialises Math<> for ATen's
-// Vectorized<float/double> (whose exp and tanh are Sleef's, shipped inside libtorch_cpu) and
-// instantiates the cell structs with it. Only this file is compiled for AVX2 + FMA, and it
+// The AVX2 build of the cells' pointwise pass (pointwise_simd.h: 8 floats or 4 doubles at
+// a time) and the AVX2 small-batch GEMM. Only this file is compiled for AVX2 + FMA, and it
 // runs only where pointwise.h's use_avx2() saw those features at run time.
 //
 // Library headers are included BEFORE the target pragma, so the generic inline functions
@@ -34,39 +33,11 @@
 #endif
 #include <ATen/cpu/vec/vec.h>
 
-#include "pointwise.h"
+#define BIRNN_SIMD_NS avx2
+#define BIRNN_SIMD_TANHF Sleef_tanhf8_u35avx2
+#include "pointwise_simd.h"
 
-namespace birnn {
-
-template <typename S>
-struct Math<at::vec::Vectorized<S>> {
-  using V = at::vec::Vectorized<S>;
-  static V load(const S* p, int64_t i) { return V::loadu(p + i); }
-  static V load_or_zero(const S* p, int64_t i) { return p ? V::loadu(p + i) : V(S(0)); }
-  static void store(S* p, int64_t i, V v) { v.store(p + i); }
-  static V exp(V x) { return x.exp(); }
-  static V tanh(V x) { return x.tanh(); }
-  static V relu(V x) { return at::vec::maximum(x, V(S(0))); }
-  static V relu_grad(V h, V dh) { return V::blendv(V(S(0)), dh, h > V(S(0))); }
-};
-
-namespace cpu::avx2 {
-
-template <typename Cell, typename T>
-int64_t forward_units(const ForwardRow<T>& r, int64_t H) {
-  using V = at::vec::Vectorized<T>;
-  int64_t j = 0;
-  for (; j + V::size() <= H; j += V::size()) Cell::template forward<T, V>(r, j, H);
-  return j;
-}
-
-template <typename Cell, typename T>
-int64_t backward_units(const BackwardRow<T>& r, int64_t H) {
-  using V = at::vec::Vectorized<T>;
-  int64_t j = 0;
-  for (; j + V::size() <= H; j += V::size()) Cell::template backward<T, V>(r, j, H);
-  return j;
-}
+namespace birnn::cpu::avx2 {
 
 // ---- small-batch GEMM: out[rows, N] = x[rows, K] @ P + beta * out ----------------------
 // P is op(W) [K, N] packed by pack_panels() as panels of 8 columns: P[n / 8][k][n % 8], the
@@ -145,21 +116,7 @@ void small_gemm(int64_t rows, int64_t N, int64_t K, const float* x, int64_t ldx,
   }
 }
 
-#define BIRNN_INSTANTIATE(CELL, T)                                              \
-  template int64_t forward_units<CELL, T>(const ForwardRow<T>&, int64_t);      \
-  template int64_t backward_units<CELL, T>(const BackwardRow<T>&, int64_t);
-#define BIRNN_INSTANTIATE_CELLS(T)                              \
-  BIRNN_INSTANTIATE(RnnCell<CellKind::RnnTanh>, T)              \
-  BIRNN_INSTANTIATE(RnnCell<CellKind::RnnRelu>, T)              \
-  BIRNN_INSTANTIATE(LstmCell, T)                                \
-  BIRNN_INSTANTIATE(GruCell, T)
-BIRNN_INSTANTIATE_CELLS(float)
-BIRNN_INSTANTIATE_CELLS(double)
-#undef BIRNN_INSTANTIATE_CELLS
-#undef BIRNN_INSTANTIATE
-
-}  // namespace cpu::avx2
-}  // namespace birnn
+}  // namespace birnn::cpu::avx2
 
 #pragma GCC pop_options
 #else

@@ -34,6 +34,58 @@ void for_each_direction(int64_t D, const Fn& fn) {
   cpu::run_tasks(static_cast<int>(D), [&](int d) { fn(d); });
 }
 
+// Where the forward's input projections come from: the op's gates_x [T, B, D, G*H], or,
+// when the driver runs the GEMMs for two directions (large_gemms.h), chunks of this
+// direction's steps that it projects just before its time loop reaches them. A chunk is
+// small enough to stay in cache from the GEMM that writes it to the steps that read it; a
+// whole gates_x is not (52 MB at B = 64, H = 256) and came back from memory at every step.
+template <typename T>
+class InputGates {
+ public:
+  InputGates(const ForwardArgs& a, int d, int64_t GH)
+      : T_(a.output.size(0)), B_(a.output.size(1)), D_(a.output.size(2)), GH_(GH), d_(d) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (a.driver_gemms && D_ == 2) {
+        constexpr int64_t kChunkBytes = 1 << 20, kMinRows = 64;
+        const int64_t step_bytes = B_ * GH_ * int64_t(sizeof(float));
+        chunk_steps_ = std::clamp<int64_t>(
+            std::max(kChunkBytes / step_bytes, (kMinRows + B_ - 1) / B_), 1, T_);
+        chunk_.resize(chunk_steps_ * B_ * GH_);
+        projection_.emplace(a, d);
+        return;
+      }
+    }
+    gates_x_ = a.gates_x.data_ptr<T>();
+  }
+
+  // Call before reading step s (the direction's s-th step) of any row; steps in order.
+  void prepare(int64_t s) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (!projection_ || s < chunk_end_) return;
+      const int64_t n = std::min(chunk_steps_, T_ - s);
+      chunk_end_ = s + n;
+      first_t_ = d_ == 0 ? s : T_ - s - n;  // the chunk's steps, as a range of t
+      projection_->apply(first_t_ * B_, (first_t_ + n) * B_, chunk_.data(), GH_);
+    }
+  }
+
+  // [G*H] for batch row b of time step t (of the prepared chunk).
+  const T* row(int64_t t, int64_t b) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (projection_) return chunk_.data() + ((t - first_t_) * B_ + b) * GH_;
+    }
+    return gates_x_ + ((t * B_ + b) * D_ + d_) * GH_;
+  }
+
+ private:
+  int64_t T_, B_, D_, GH_;
+  int d_;
+  const T* gates_x_ = nullptr;
+  std::optional<cpu::InputProjection> projection_;
+  int64_t chunk_steps_ = 0, chunk_end_ = 0, first_t_ = 0;
+  std::vector<float> chunk_;  // [chunk_steps, B, G*H]
+};
+
 template <typename Cell, typename T>
 void forward_direction(const ForwardArgs& a, int d) {
   const int64_t T_ = a.output.size(0), B = a.output.size(1), D = a.output.size(2);
@@ -46,7 +98,7 @@ void forward_direction(const ForwardArgs& a, int d) {
   const T* w_hh = a.w_hh.data_ptr<T>() + d * GH * Hout;                   // [G*H, Hout]
   const T* b_hh = a.b_hh.defined() ? a.b_hh.data_ptr<T>() + d * GH : nullptr;
   const T* w_hr = proj ? a.w_hr.data_ptr<T>() + d * Hout * H : nullptr;   // [Hout, H]
-  const T* gates_x = a.gates_x.data_ptr<T>();                             // [T, B, D, G*H]
+  InputGates<T> gates_x(a, d, GH);
   T* output = a.output.data_ptr<T>();                                     // [T, B, D, Hout]
   T* h = a.h.data_ptr<T>() + d * B * Hout;                                // [B, Hout] state
   T* c = a.c.defined() ? a.c.data_ptr<T>() + d * B * H : nullptr;         // [B, H] state
@@ -62,7 +114,10 @@ void forward_direction(const ForwardArgs& a, int d) {
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = d == 0 ? s : T_ - 1 - s;
     const bool any_valid = t < max_len;
-    if (any_valid) recurrent.apply(B, h, Hout, T(0), gates_h.data(), GH);
+    if (any_valid) {
+      gates_x.prepare(s);
+      recurrent.apply(B, h, Hout, T(0), gates_h.data(), GH);
+    }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = (t * B + b) * D + d;
       T* out_row = output + row * Hout;
@@ -74,7 +129,7 @@ void forward_direction(const ForwardArgs& a, int d) {
       }
       T* h_row = h + b * Hout;
       T* c_row = c ? c + b * H : nullptr;
-      const ForwardRow<T> r{gates_x + row * GH, gates_h.data() + b * GH, b_hh, h_row, c_row,
+      const ForwardRow<T> r{gates_x.row(t, b), gates_h.data() + b * GH, b_hh, h_row, c_row,
                             proj ? m.data() + b * H : h_row, c_row, reserve_row};
       cpu::forward_row<Cell, T>(r, H);
       if (!proj) std::copy(h_row, h_row + Hout, out_row);
@@ -176,20 +231,20 @@ void backward_direction(const BackwardArgs& a, int d) {
 void forward_recurrence_cpu(const ForwardArgs& a) {
   const int64_t D = a.output.size(2), rows = a.output.size(0) * a.output.size(1);
   if (a.driver_gemms && D == 1) {
-    // One direction: its input projection still takes every thread, in row blocks.
+    // One direction: project every step first, with every thread, in row blocks (two
+    // directions project on their own threads as they go: InputGates).
     const int blocks = std::max(1, at::get_num_threads());
     cpu::run_tasks(blocks, [&](int i) {
-      cpu::project_inputs(a, 0, rows * i / blocks, rows * (i + 1) / blocks);
+      const int64_t row0 = rows * i / blocks, row1 = rows * (i + 1) / blocks;
+      const int64_t GH = a.gates_x.size(3);
+      cpu::InputProjection(a, 0).apply(row0, row1, a.gates_x.data_ptr<float>() + row0 * GH, GH);
     });
   }
   dispatch_cell(a.cell, [&](auto cell) {
     using Cell = decltype(cell);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.gates_x.scalar_type(),
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.output.scalar_type(),
                                     "birnn_forward_cpu", [&] {
-      for_each_direction(D, [&](int d) {
-        if (a.driver_gemms && D == 2) cpu::project_inputs(a, d, 0, rows);
-        forward_direction<Cell, scalar_t>(a, d);
-      });
+      for_each_direction(D, [&](int d) { forward_direction<Cell, scalar_t>(a, d); });
     });
   });
 }
