@@ -184,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const bool has_bias = b_ih.has_value() && b_ih->defined();
   ForwardArgs args;
   args.cell = Kind;
-  args.driver_gemms = input.is_cpu() && cpu_driver_does_gemms(input);
+  args.driver_gemms = cpu_driver_does_gemms(input);
   if (args.driver_gemms) {
     args.input = input.contiguous();
     args.w_ih = w_ih.contiguous();
@@ -261,7 +261,7 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                       ? empty_for_driver({d.T, d.B, d.D, GH}, opts)
                       : args.dgates_x;
   args.dh_total = proj ? empty_for_driver({d.T, d.B, d.D, d.Hout}, opts) : at::Tensor();
-  args.driver_gemms = d.B > 0 && input.is_cpu() && cpu_driver_does_gemms(input);
+  args.driver_gemms = d.B > 0 && cpu_driver_does_gemms(input);
   if (args.driver_gemms) {
     args.input = input.contiguous();
     args.w_ih = w_ih.contiguous();

@@ -63,8 +63,9 @@ def test_longer_sequence_and_wider_layer(cell, backend):
 @pytest.mark.parametrize("cell", CELLS)
 def test_float32_batch_sizes_of_the_cpu_small_gemm(cell, batch):
     """float32 batches that reach every row-chunk shape of the CPU small-batch GEMM (up to 8
-    rows at once, then the rest; above 16 rows MKL's packed GEMM) and a hidden size that
-    leaves a partial 8-column panel."""
+    rows at once, then the rest) and a hidden size that leaves a partial panel. On a CPU with
+    AVX-512 that is gemm_avx512's register tiles; elsewhere the AVX2 panel GEMM (above 16
+    rows MKL's packed GEMM), which test_cpu_kernels.py also runs in a subprocess."""
     check_parity(Case(cell=cell, mode="padded", bidirectional=True, dtype=torch.float32,
                       h0=True, proj_size=3 if cell == "lstm" else 0, hidden_size=13), batch)
 

@@ -31,6 +31,14 @@ int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 
 namespace birnn::cpu {
 
+// op(W) packed into a fresh tensor of AVX-512 panels (gemm_avx512.h): W [N, K] used
+// transposed, or W [K, N] as it is.
+inline at::Tensor packed_panels(const float* w, int64_t N, int64_t K, bool transposed) {
+  at::Tensor panels = at::empty({avx512::panel_floats(N, K)}, at::kFloat);
+  avx512::pack_panels(w, transposed ? K : N, N, K, transposed, panels.data_ptr<float>());
+  return panels;
+}
+
 // Makes MKL single-threaded on this thread for the guard's lifetime (no-op without MKL).
 struct SingleThreadedBlas {
   int previous = 0;
@@ -104,8 +112,7 @@ class StepWeight {
       : w_(w), N_(N), K_(K), transposed_(transposed) {
     if constexpr (std::is_same_v<T, float>) {
       if (avx512::supported() && N > 0) {
-        panels512_ = at::empty({avx512::panel_floats(N, K)}, at::kFloat);
-        avx512::pack_panels(w, transposed ? K : N, N, K, transposed, panels512_.data_ptr<float>());
+        panels512_ = packed_panels(w, N, K, transposed);
         return;
       }
     }

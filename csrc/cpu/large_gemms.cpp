@@ -6,31 +6,22 @@
 #include <vector>
 
 #include "gemm_avx512.h"
+#include "gemm_cpu.h"
 
 namespace birnn {
 
 bool cpu_driver_does_gemms(const at::Tensor& input) {
-  return input.scalar_type() == at::kFloat && cpu::avx512::supported();
+  return input.is_cpu() && input.scalar_type() == at::kFloat && cpu::avx512::supported();
 }
 
 namespace cpu {
-namespace {
-
-// op(W) packed into panels (gemm_avx512.h): W [N, K] used transposed, or W [K, N].
-at::Tensor packed(const float* w, int64_t N, int64_t K, bool transposed) {
-  at::Tensor panels = at::empty({avx512::panel_floats(N, K)}, at::kFloat);
-  avx512::pack_panels(w, transposed ? K : N, N, K, transposed, panels.data_ptr<float>());
-  return panels;
-}
-
-}  // namespace
 
 InputProjection::InputProjection(const ForwardArgs& a, int d)
     : x_(a.input.data_ptr<float>()),
       bias_(a.b_ih.defined() ? a.b_ih.data_ptr<float>() + d * a.w_ih.size(1) : nullptr),
       GH_(a.w_ih.size(1)),
       I_(a.w_ih.size(2)),
-      panels_(packed(a.w_ih.data_ptr<float>() + d * GH_ * I_, GH_, I_, true)) {}
+      panels_(packed_panels(a.w_ih.data_ptr<float>() + d * GH_ * I_, GH_, I_, true)) {}
 
 void InputProjection::apply(int64_t row0, int64_t row1, float* out, int64_t ldo) const {
   avx512::gemm(row1 - row0, GH_, I_, x_ + row0 * I_, I_, 1, panels_.data_ptr<float>(), bias_,
@@ -46,11 +37,11 @@ void backward_gemms(const BackwardArgs& a, int d, float* dx_d) {
   const float* dgates_h = a.dgates_h.data_ptr<float>() + d * GH;
 
   // dx_d [T*B, I] = dgates_x @ W_ih[d]
-  at::Tensor w = packed(a.w_ih.data_ptr<float>() + d * GH * I, I, GH, false);
+  at::Tensor w = packed_panels(a.w_ih.data_ptr<float>() + d * GH * I, I, GH, false);
   avx512::gemm(TB, I, GH, dgates_x, D * GH, 1, w.data_ptr<float>(), nullptr, 0.f, dx_d, I);
 
   // grad_w_ih[d] [G*H, I] = dgates_x^T @ x
-  at::Tensor x = packed(a.input.data_ptr<float>(), I, TB, false);
+  at::Tensor x = packed_panels(a.input.data_ptr<float>(), I, TB, false);
   avx512::gemm(GH, I, TB, dgates_x, 1, D * GH, x.data_ptr<float>(), nullptr, 0.f,
                a.grad_w_ih.data_ptr<float>() + d * GH * I, I);
 

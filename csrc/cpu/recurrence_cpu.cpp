@@ -2,8 +2,9 @@
 //
 // Each direction is one task (cpu::run_tasks: on torch's OpenMP team, one after the other
 // with a single thread). Inside a task a step is one small GEMM (the recurrent product for
-// the whole batch), then one pass of the cell's pointwise math (csrc/cells.h) over the batch rows still inside their
-// sequence. Rows past their length are written as zero and leave the state untouched.
+// the whole batch), then one pass of the cell's pointwise math (csrc/cells.h) over the
+// batch rows still inside their sequence. Rows past their length are written as zero and
+// leave the state untouched.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -27,12 +28,6 @@ namespace {
 using cpu::Lengths;
 using cpu::lengths_of;
 using cpu::StepWeight;
-
-// Runs fn(d) for each direction d, the two directions concurrently when threads allow.
-template <typename Fn>
-void for_each_direction(int64_t D, const Fn& fn) {
-  cpu::run_tasks(static_cast<int>(D), [&](int d) { fn(d); });
-}
 
 // Where the forward's input projections come from: the op's gates_x [T, B, D, G*H], or,
 // when the driver runs the GEMMs for two directions (large_gemms.h), chunks of this
@@ -234,17 +229,18 @@ void forward_recurrence_cpu(const ForwardArgs& a) {
     // One direction: project every step first, with every thread, in row blocks (two
     // directions project on their own threads as they go: InputGates).
     const int blocks = std::max(1, at::get_num_threads());
+    const cpu::InputProjection projection(a, 0);
+    const int64_t GH = a.gates_x.size(3);
     cpu::run_tasks(blocks, [&](int i) {
       const int64_t row0 = rows * i / blocks, row1 = rows * (i + 1) / blocks;
-      const int64_t GH = a.gates_x.size(3);
-      cpu::InputProjection(a, 0).apply(row0, row1, a.gates_x.data_ptr<float>() + row0 * GH, GH);
+      projection.apply(row0, row1, a.gates_x.data_ptr<float>() + row0 * GH, GH);
     });
   }
   dispatch_cell(a.cell, [&](auto cell) {
     using Cell = decltype(cell);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.output.scalar_type(),
                                     "birnn_forward_cpu", [&] {
-      for_each_direction(D, [&](int d) { forward_direction<Cell, scalar_t>(a, d); });
+      cpu::run_tasks(D, [&](int d) { forward_direction<Cell, scalar_t>(a, d); });
     });
   });
 }
@@ -257,7 +253,7 @@ void backward_recurrence_cpu(const BackwardArgs& a) {
     using Cell = decltype(cell);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dgates_x.scalar_type(),
                                     "birnn_backward_cpu", [&] {
-      for_each_direction(D, [&](int d) {
+      cpu::run_tasks(D, [&](int d) {
         backward_direction<Cell, scalar_t>(a, d);
         if (a.driver_gemms) {
           cpu::backward_gemms(a, d, (d == 0 ? a.grad_input : dx_1).data_ptr<float>());
