@@ -6,6 +6,18 @@ import os
 # a value a kernel forgot to write cannot pass a test unnoticed.
 os.environ["BIRNN_EXT_POISON"] = "1"
 
+# torch.compile's on-disk cache does not tell apart code compiled for different CPU
+# capabilities: a graph cached under AVX-512 and replayed with ATEN_CPU_CAPABILITY=avx2 (how
+# an AVX2-only CPU is emulated on an AVX-512 one) returns wrong numbers, in plain torch code
+# too. One cache folder per capability keeps the emulated runs honest.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import getpass
+    import tempfile
+
+    _capability = os.environ.get("ATEN_CPU_CAPABILITY", "default").lower()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_birnn_{_capability}")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

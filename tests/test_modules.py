@@ -229,16 +229,38 @@ def test_meta_device(cell):
         (s.shape, s.device) for s in flat(state_ref)]
 
 
+# The dtypes torch.nn's layers return under torch.autocast("cpu", dtype=torch.bfloat16): its CPU
+# autocast policy casts RNN and LSTM to the autocast dtype and leaves GRU in float32.
+CPU_AUTOCAST_DTYPE = {"rnn_tanh": torch.bfloat16, "rnn_relu": torch.bfloat16,
+                      "lstm": torch.bfloat16, "gru": torch.float32}
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_cpu_autocast_like_torch_nn(cell):
     """Under torch.autocast("cpu", bfloat16) outputs and states come back in torch.nn's dtypes,
-    with values as close as the precision allows."""
+    with values as close as bfloat16 allows to the float32 result.
+
+    The truth is torch.nn in float32 without autocast: torch.nn's own LSTM raises under CPU
+    autocast on CPUs without AVX-512 (oneDNN has no bf16 LSTM primitive there), which must not
+    fail birnn_ext's test. Where torch.nn does run under autocast, its dtypes must be ours."""
     ref, ours = make_pair(cell, dtype=torch.float32, **BI2)
     x = torch.randn(6, 3, 5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out_ref, state_ref = ref(x)
-        out_our, state_our = ours(x)
     flat = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
-    assert [t.dtype for t in (out_our, *flat(state_our))] == [
-        t.dtype for t in (out_ref, *flat(state_ref))]
-    torch.testing.assert_close(out_our.float(), out_ref.float(), atol=5e-2, rtol=5e-2)
+    with torch.no_grad():
+        out_truth, state_truth = ref(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_our, state_our = ours(x)
+            try:
+                out_ref, state_ref = ref(x)
+            except RuntimeError as exc:  # oneDNN without a bf16 primitive for this CPU
+                assert "primitive" in str(exc), exc
+                out_ref = None
+    expected = CPU_AUTOCAST_DTYPE[cell]
+    assert [t.dtype for t in (out_our, *flat(state_our))] == [expected] * (1 + len(flat(state_our)))
+    if out_ref is not None:
+        assert [t.dtype for t in (out_ref, *flat(state_ref))] == [
+            t.dtype for t in (out_our, *flat(state_our))]
+    tol = 5e-2 if expected == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(out_our.float(), out_truth, atol=tol, rtol=tol)
+    for got, want in zip(flat(state_our), flat(state_truth)):
+        torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
