@@ -73,9 +73,9 @@ struct BackwardArgs {
 };
 
 // Whether the CPU driver runs a layer's large GEMMs itself (the input projection; dx,
-// dW_ih and dW_hh) with its own AVX-512 GEMM, each direction's share on that direction's
+// dW_ih and dW_hh) with birnn_ext's own GEMM, each direction's share on that direction's
 // thread, instead of the op running them as ATen GEMMs around the recurrence. True for
-// float32 CPU tensors on a CPU with AVX-512 (csrc/cpu/gemm_avx512.h says why).
+// float32 CPU tensors on a CPU with AVX2 or AVX-512 (csrc/cpu/gemm.h says why).
 bool cpu_driver_does_gemms(const at::Tensor& input);
 
 // Per-device recurrence drivers (csrc/cpu/, csrc/cuda/).

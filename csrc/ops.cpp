@@ -8,8 +8,7 @@
 #include <torch/library.h>
 
 #include "birnn.h"
-#include "cpu/gemm_avx512.h"
-#include "cpu/pointwise.h"
+#include "cpu/isa.h"
 
 #ifndef BIRNN_CUDA_ARCHS
 #define BIRNN_CUDA_ARCHS ""
@@ -67,10 +66,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   });
   module.def(
       "cpu_simd",
-      [] {
-        if (birnn::cpu::avx512::supported()) return "avx512";
-        return birnn::cpu::use_avx2() ? "avx2" : "scalar";
-      },
-      "The CPU path on this machine: 'avx512' (float32 GEMMs on AVX-512, pointwise on AVX2), "
-      "'avx2' (pointwise on AVX2, small-batch GEMM on AVX2, MKL otherwise) or 'scalar'");
+      [] { return birnn::cpu::isa_name(birnn::cpu::cpu_isa()); },
+      "The CPU kernels' instruction set on this machine (csrc/cpu/isa.h): 'avx512' or 'avx2' "
+      "(float32 GEMMs on birnn_ext's own kernel for that ISA, SIMD cells) or 'scalar' (BLAS "
+      "GEMMs, scalar cells)");
 }

@@ -1,17 +1,16 @@
-// The CPU driver's large GEMMs (large_gemms.h) on the AVX-512 GEMM of gemm_avx512.h.
+// The CPU driver's large GEMMs (large_gemms.h) on birnn_ext's own GEMM (gemm.h).
 #include "large_gemms.h"
 
 #include <ATen/ATen.h>
 
 #include <vector>
 
-#include "gemm_avx512.h"
-#include "gemm_cpu.h"
+#include "gemm.h"
 
 namespace birnn {
 
 bool cpu_driver_does_gemms(const at::Tensor& input) {
-  return input.is_cpu() && input.scalar_type() == at::kFloat && cpu::avx512::supported();
+  return input.is_cpu() && input.scalar_type() == at::kFloat && cpu::cpu_isa() != cpu::Isa::Scalar;
 }
 
 namespace cpu {
@@ -21,11 +20,10 @@ InputProjection::InputProjection(const ForwardArgs& a, int d)
       bias_(a.b_ih.defined() ? a.b_ih.data_ptr<float>() + d * a.w_ih.size(1) : nullptr),
       GH_(a.w_ih.size(1)),
       I_(a.w_ih.size(2)),
-      panels_(packed_panels(a.w_ih.data_ptr<float>() + d * GH_ * I_, GH_, I_, true)) {}
+      w_ih_(a.w_ih.data_ptr<float>() + d * GH_ * I_, I_, GH_, I_, /*transposed=*/true) {}
 
 void InputProjection::apply(int64_t row0, int64_t row1, float* out, int64_t ldo) const {
-  avx512::gemm(row1 - row0, GH_, I_, x_ + row0 * I_, I_, 1, panels_.data_ptr<float>(), bias_,
-               0.f, out, ldo);
+  w_ih_.multiply(row1 - row0, x_ + row0 * I_, I_, 1, bias_, 0.f, out, ldo);
 }
 
 void backward_gemms(const BackwardArgs& a, int d, float* dx_d) {
@@ -37,13 +35,12 @@ void backward_gemms(const BackwardArgs& a, int d, float* dx_d) {
   const float* dgates_h = a.dgates_h.data_ptr<float>() + d * GH;
 
   // dx_d [T*B, I] = dgates_x @ W_ih[d]
-  at::Tensor w = packed_panels(a.w_ih.data_ptr<float>() + d * GH * I, I, GH, false);
-  avx512::gemm(TB, I, GH, dgates_x, D * GH, 1, w.data_ptr<float>(), nullptr, 0.f, dx_d, I);
+  const PackedMatrix w_ih(a.w_ih.data_ptr<float>() + d * GH * I, I, I, GH, false);
+  w_ih.multiply(TB, dgates_x, D * GH, 1, nullptr, 0.f, dx_d, I);
 
   // grad_w_ih[d] [G*H, I] = dgates_x^T @ x
-  at::Tensor x = packed_panels(a.input.data_ptr<float>(), I, TB, false);
-  avx512::gemm(GH, I, TB, dgates_x, 1, D * GH, x.data_ptr<float>(), nullptr, 0.f,
-               a.grad_w_ih.data_ptr<float>() + d * GH * I, I);
+  const PackedMatrix x(a.input.data_ptr<float>(), I, I, TB, false);
+  x.multiply(GH, dgates_x, 1, D * GH, nullptr, 0.f, a.grad_w_ih.data_ptr<float>() + d * GH * I, I);
 
   // grad_w_hh[d] [G*H, Hout] = dgates_h^T @ h_prev, h_prev [T*B, Hout] the state each step
   // started from (h0 at the direction's first step). Padded steps have zero dgates, so any
@@ -58,10 +55,9 @@ void backward_gemms(const BackwardArgs& a, int d, float* dx_d) {
       h_prev[t * B + b] = prev < 0 ? h0 + b * Hout : output + ((prev * B + b) * D + d) * Hout;
     }
   }
-  at::Tensor h = at::empty({avx512::panel_floats(Hout, TB)}, at::kFloat);
-  avx512::pack_rows(h_prev.data(), Hout, TB, h.data_ptr<float>());
-  avx512::gemm(GH, Hout, TB, dgates_h, 1, D * GH, h.data_ptr<float>(), nullptr, 0.f,
-               a.grad_w_hh.data_ptr<float>() + d * GH * Hout, Hout);
+  const PackedMatrix h(h_prev.data(), Hout, TB);
+  h.multiply(GH, dgates_h, 1, D * GH, nullptr, 0.f, a.grad_w_hh.data_ptr<float>() + d * GH * Hout,
+             Hout);
 }
 
 }  // namespace cpu

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "../birnn.h"
+#include "gemm.h"
 
 namespace birnn::cpu {
 
@@ -37,7 +38,7 @@ class InputProjection {
   const float* x_;     // [T*B, I]
   const float* bias_;  // [G*H], or null
   int64_t GH_, I_;
-  at::Tensor panels_;  // W_ih[d]^T packed (gemm_avx512.h)
+  PackedMatrix w_ih_;  // W_ih[d]^T
 };
 
 // Direction d's share of the backward GEMMs: grad_w_ih[d], grad_w_hh[d], and

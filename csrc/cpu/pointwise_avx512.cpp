@@ -1,6 +1,6 @@
 // The AVX-512 build of the cells' pointwise pass (pointwise_simd.h: 16 floats or 8 doubles
 // at a time, with Sleef's 16-wide exp and tanh). Only this file is compiled for AVX-512,
-// and it runs only where avx512::supported() (gemm_avx512.h) saw AVX-512F at run time.
+// and it runs only where cpu_isa() (isa.h) saw AVX-512F at run time.
 // The include order follows pointwise_avx2.cpp, which says why.
 #include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
@@ -12,7 +12,9 @@
 #include <cstdlib>
 #include <type_traits>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "isa.h"
+
+#ifdef BIRNN_X86_SIMD
 #pragma GCC push_options
 // ATen's vec512 headers carry clang's and nvcc's loop pragmas, which GCC would warn about.
 #pragma GCC diagnostic push
@@ -38,4 +40,4 @@
 
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
-#endif  // x86-64
+#endif  // BIRNN_X86_SIMD

@@ -17,9 +17,9 @@
 
 #include "../birnn.h"
 #include "../register.h"
-#include "gemm_cpu.h"
 #include "large_gemms.h"
 #include "pointwise.h"
+#include "step_weight.h"
 #include "tasks.h"
 
 namespace birnn {
@@ -99,9 +99,9 @@ void forward_direction(const ForwardArgs& a, int d) {
   T* c = a.c.defined() ? a.c.data_ptr<T>() + d * B * H : nullptr;         // [B, H] state
   T* reserve = a.reserve.defined() ? a.reserve.data_ptr<T>() : nullptr;  // [T, B, D, R]
 
-  const StepWeight<T> recurrent(w_hh, GH, Hout, /*transposed=*/true, B);  // h @ W_hh^T
+  const StepWeight<T> recurrent(w_hh, GH, Hout, /*transposed=*/true);  // h @ W_hh^T
   const std::optional<StepWeight<T>> projection =
-      proj ? std::make_optional<StepWeight<T>>(w_hr, Hout, H, true, B) : std::nullopt;  // m @ W_hr^T
+      proj ? std::make_optional<StepWeight<T>>(w_hr, Hout, H, true) : std::nullopt;  // m @ W_hr^T
   std::vector<T> gates_h(B * GH);                 // [B, G*H] h @ W_hh^T of this step
   std::vector<T> m(proj ? B * H : 0);             // [B, H] o * tanh(c), before projection
   std::vector<T> h_proj(proj ? B * Hout : 0);     // [B, Hout] m @ W_hr^T
@@ -165,9 +165,9 @@ void backward_direction(const BackwardArgs& a, int d) {
   T* dgates_h = a.dgates_h.data_ptr<T>();
   T* dh_total = proj ? a.dh_total.data_ptr<T>() : nullptr;              // [T, B, D, Hout]
 
-  const StepWeight<T> recurrent(w_hh, Hout, GH, /*transposed=*/false, B);  // dgates_h @ W_hh
+  const StepWeight<T> recurrent(w_hh, Hout, GH, /*transposed=*/false);  // dgates_h @ W_hh
   const std::optional<StepWeight<T>> projection =
-      proj ? std::make_optional<StepWeight<T>>(w_hr, H, Hout, false, B) : std::nullopt;  // dh @ W_hr
+      proj ? std::make_optional<StepWeight<T>>(w_hr, H, Hout, false) : std::nullopt;  // dh @ W_hr
   std::vector<T> dh_step(proj ? 0 : B * Hout);  // [B, Hout] total dLoss/dh of this step
   std::vector<T> dm(proj ? B * H : 0);          // [B, H] that gradient through W_hr
 

@@ -28,7 +28,7 @@
 #include <memory>
 #include <mutex>
 
-#include "gemm_cpu.h"
+#include "blas.h"
 
 extern "C" {
 void GOMP_parallel(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags)
