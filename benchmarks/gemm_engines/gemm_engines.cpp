@@ -175,19 +175,26 @@ int main(int argc, char** argv) {
   Engines e;
   e.own = std::strcmp(argv[1], "avx512") == 0 ? &birnn::cpu::avx512::kGemm
                                                : &birnn::cpu::avx2::kGemm;
-  void* torch = dlopen(argv[2], RTLD_NOW | RTLD_GLOBAL);
-  void* dnnl = dlopen(argv[3], RTLD_NOW | RTLD_LOCAL);
-  void* openblas = dlopen(argv[4], RTLD_NOW | RTLD_LOCAL);
+  auto open = [](const char* path, int mode) {
+    void* lib = dlopen(path, RTLD_NOW | mode);
+    if (lib == nullptr) std::printf("cannot load %s: %s\n", path, dlerror());
+    return lib;
+  };
+  void* torch = open(argv[2], RTLD_GLOBAL);
+  void* dnnl = open(argv[3], RTLD_LOCAL);
+  void* openblas = open(argv[4], RTLD_LOCAL);
   e.mkl = reinterpret_cast<Sgemm>(sym(torch, "sgemm_"));
   e.mkl_pack_size = reinterpret_cast<PackGetSize>(sym(torch, "cblas_sgemm_pack_get_size"));
   e.mkl_pack = reinterpret_cast<Pack>(sym(torch, "cblas_sgemm_pack"));
   e.mkl_compute = reinterpret_cast<Compute>(sym(torch, "cblas_sgemm_compute"));
-  if (auto threads = reinterpret_cast<SetThreads>(sym(torch, "MKL_Set_Num_Threads"))) threads(1);
+  if (auto threads = reinterpret_cast<SetThreads>(sym(torch, "MKL_Set_Num_Threads_Local"))) {
+    threads(1);
+  }
   e.dnnl = reinterpret_cast<DnnlSgemm>(sym(dnnl, "dnnl_sgemm"));
   e.openblas = reinterpret_cast<CblasSgemm>(sym(openblas, "scipy_cblas_sgemm"));
   if (auto t = reinterpret_cast<OpenblasThreads>(sym(openblas, "scipy_openblas_set_num_threads"))) t(1);
   std::printf("isa %s; libraries: mkl %s, onednn %s, openblas %s\n", argv[1],
-              e.mkl ? "yes" : "no", e.dnnl ? "yes" : dlerror(), e.openblas ? "yes" : "no");
+              e.mkl ? "yes" : "no", e.dnnl ? "yes" : "no", e.openblas ? "yes" : "no");
 
   for (int H : {128, 256, 512}) {
     const int G = 4 * H;

@@ -11,17 +11,23 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 WORK="${WORK:-/tmp/birnn-gemm-engines}"
 mkdir -p "$WORK"
-if [ ! -d "$WORK/site/scipy_openblas32" ]; then
-  "$PYTHON" -m pip install -q --target "$WORK/site" onednn scipy-openblas32 tbb intel-sycl-rt \
-    intel-cmplr-lib-rt
+# The wheels are unpacked, not installed: their shared libraries sit in *.data/data/lib
+# folders, which `pip install --target` leaves out. oneDNN's wheel needs Intel's runtimes
+# (TBB, SYCL, compiler libraries), which pip downloads as its dependencies.
+if [ ! -d "$WORK/ext" ]; then
+  "$PYTHON" -m pip download -q onednn scipy-openblas32 -d "$WORK/wheels"
+  for wheel in "$WORK"/wheels/*.whl; do unzip -q -o "$wheel" -d "$WORK/ext"; done
 fi
 TORCH_DIR="$("$PYTHON" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
-LIBDNNL="$(find "$WORK/site" -name 'libdnnl.so*' | head -n 1)"
-LIBOPENBLAS="$(find "$WORK/site" -name 'libscipy_openblas*.so' | head -n 1)"
-export LD_LIBRARY_PATH="$(dirname "$LIBDNNL"):$WORK/site/lib:$TORCH_DIR/lib:${LD_LIBRARY_PATH:-}"
+LIBDNNL="$(find "$WORK/ext" -name 'libdnnl.so' | head -n 1)"
+LIBOPENBLAS="$(find "$WORK/ext" -name 'libscipy_openblas*.so' | head -n 1)"
+LIB_DIRS="$(find "$WORK/ext" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)"
+export LD_LIBRARY_PATH="$LIB_DIRS:$TORCH_DIR/lib:${LD_LIBRARY_PATH:-}"
 g++ -O3 -std=c++17 -I"$TORCH_DIR/include" \
   "$ROOT/benchmarks/gemm_engines/gemm_engines.cpp" "$ROOT/csrc/cpu/gemm_avx512.cpp" \
   "$ROOT/csrc/cpu/gemm_avx2.cpp" -L"$TORCH_DIR/lib" -lc10 -ldl -o "$WORK/gemm_engines"
+# One thread everywhere: each engine is measured as one direction's thread would run it.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 DNNL_NUM_THREADS=1
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
 for isa in "${@:-avx512 avx2}"; do
   for one in $isa; do
