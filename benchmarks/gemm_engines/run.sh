@@ -29,13 +29,16 @@ g++ -O3 -std=c++17 -I"$TORCH_DIR/include" \
 # One thread everywhere: each engine is measured as one direction's thread would run it.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 DNNL_NUM_THREADS=1
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+# Pinned to one CPU: oneDNN's TBB runtime ignores the thread variables and takes every CPU
+# its affinity mask allows.
+PIN="taskset -c 0"
 for isa in "${@:-avx512 avx2}"; do
   for one in $isa; do
     if [ "$one" = avx2 ]; then
       env ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OPENBLAS_CORETYPE=Haswell \
-        "$WORK/gemm_engines" avx2 "$TORCH_DIR/lib/libtorch_cpu.so" "$LIBDNNL" "$LIBOPENBLAS"
+        $PIN "$WORK/gemm_engines" avx2 "$TORCH_DIR/lib/libtorch_cpu.so" "$LIBDNNL" "$LIBOPENBLAS"
     else
-      "$WORK/gemm_engines" avx512 "$TORCH_DIR/lib/libtorch_cpu.so" "$LIBDNNL" "$LIBOPENBLAS"
+      $PIN "$WORK/gemm_engines" avx512 "$TORCH_DIR/lib/libtorch_cpu.so" "$LIBDNNL" "$LIBOPENBLAS"
     fi
   done
 done
