@@ -1,11 +1,13 @@
 """The CPU path's own kernels at shapes that reach every branch of their blocking.
 
-The float32 path on an AVX-512 CPU runs every GEMM on birnn_ext's own kernel
-(csrc/cpu/gemm_avx512.cpp): 16-column panels with a masked last panel, register tiles of
-1-8 rows, K in blocks of 384 and N in blocks of panels. These tests compare against torch.nn
-in float64 (the exact answer for float32 rounding), at sizes chosen to cross each block
-edge, and run the other CPU paths (`BIRNN_EXT_CPU_SIMD=avx2` and `0`) in subprocesses,
-since the path is chosen once per process.
+The float32 path on a CPU with AVX2 or AVX-512 runs every GEMM on birnn_ext's own kernel
+(csrc/cpu/gemm_kernel.h): panels of 16 (8) columns with a masked last panel, register tiles
+of 1-8 (1-6) rows, K in blocks of 384, N in blocks of panels, and a left operand read across
+its storage (the weight gradients). These tests compare against torch.nn in float64 (the
+exact answer for float32 rounding), at sizes chosen to cross each block edge, with a
+direction's units in one slice or split over several threads (csrc/cpu/step_team.h), and
+run the other CPU paths (`BIRNN_EXT_CPU_SIMD=avx2` and `0`) in subprocesses, since the path
+is chosen once per process.
 """
 
 import os
@@ -17,6 +19,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import birnn_ext
+from helpers import Case, check_parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,14 +29,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [(1, 37, 23, 5), (13, 200, 400, 40), (17, 24, 16, 3)]
 
 
-def run_float32_against_float64(cell, batch, hidden, input_size, steps, seed=0):
-    """Max abs error over outputs and every gradient of a bidirectional packed layer in
-    float32 against the same layer in float64, each relative to that tensor's max."""
+def run_float32_against_float64(cell, batch, hidden, input_size, steps, seed=0,
+                                bidirectional=True):
+    """Max abs error over outputs and every gradient of a packed layer in float32 against
+    the same layer in float64, each relative to that tensor's max."""
     torch.manual_seed(seed)
     cls = {"lstm": birnn_ext.LSTM, "gru": birnn_ext.GRU, "rnn": birnn_ext.RNN}[cell]
     ref_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-    ref = ref_cls(input_size, hidden, bidirectional=True, dtype=torch.float64)
-    ours = cls(input_size, hidden, bidirectional=True, dtype=torch.float32)
+    ref = ref_cls(input_size, hidden, bidirectional=bidirectional, dtype=torch.float64)
+    ours = cls(input_size, hidden, bidirectional=bidirectional, dtype=torch.float32)
     ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
     x = torch.randn(steps, batch, input_size, dtype=torch.float64)
     lengths = torch.randint(1, steps + 1, (batch,))
@@ -56,15 +60,47 @@ def test_float32_gemm_block_edges(cell, shape):
     assert run_float32_against_float64(cell, *shape) < 1e-5
 
 
+# A direction's units in 1, 2 or 3 slices (step_team.h). 50 units are 4 vectors of 16, so the
+# slices are uneven and the last one ends in a partial vector.
+SLICES = ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("bidirectional", [True, False], ids=["bi", "uni"])
+@pytest.mark.parametrize("slices", SLICES)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_split_directions(cell, slices, bidirectional, monkeypatch):
+    """Every schedule of the recurrence gives the float64 answer: a direction split over
+    several threads (with the barrier per step and the double-buffered h), or not."""
+    monkeypatch.setenv("BIRNN_EXT_CPU_SLICES", slices)
+    assert run_float32_against_float64(cell, 5, 50, 20, 9, bidirectional=bidirectional) < 1e-5
+
+
+@pytest.mark.parametrize("slices", SLICES)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_split_directions_float64_exact(cell, slices, monkeypatch):
+    """In float64 the split schedule is torch.nn to rounding: outputs, states and gradients
+    with padded sequences, h0 and c0."""
+    monkeypatch.setenv("BIRNN_EXT_CPU_SLICES", slices)
+    case = Case(cell=cell, mode="packed", bidirectional=True, h0=True, hidden_size=50)
+    check_parity(case)
+
+
+def test_bad_slices_value(monkeypatch):
+    monkeypatch.setenv("BIRNN_EXT_CPU_SLICES", "many")
+    with pytest.raises(RuntimeError, match="BIRNN_EXT_CPU_SLICES"):
+        birnn_ext.GRU(3, 40)(torch.randn(2, 1, 3))
+
+
 @pytest.mark.parametrize("simd", ["avx2", "0"])
 def test_other_cpu_paths(simd):
-    """The paths this machine does not take by default: their float32 results are as good."""
+    """The paths this machine does not take by default: their float32 results are as good,
+    with a direction in one slice or in two."""
     script = (
-        "import sys; sys.path.insert(0, 'tests'); import test_cpu_kernels as t, birnn_ext;"
+        "import os, sys; sys.path.insert(0, 'tests'); import test_cpu_kernels as t, birnn_ext;"
         "print(birnn_ext.kernel_path('cpu'));"
         "print(max(t.run_float32_against_float64(c, *s) for c in ('lstm', 'gru') "
-        "for s in t.SHAPES[:2]))")
-    env = dict(os.environ, BIRNN_EXT_CPU_SIMD=simd)
+        "for s in t.SHAPES[:2] + [(5, 50, 20, 9)]))")
+    env = dict(os.environ, BIRNN_EXT_CPU_SIMD=simd, BIRNN_EXT_CPU_SLICES="2")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

@@ -19,8 +19,11 @@
 // - a register tile of R rows x P panels: R*P independent FMA chains. A core retires one or
 //   two FMAs per cycle with a latency of 4, so at least 8 chains must be in flight: a single
 //   row (B = 1, a matrix-vector product) takes 8 panels at once.
-// The left operand is read in place with any row and column stride, so a transposed view
-// (dgates^T for a weight gradient) needs no copy.
+// The left operand is read in place when its rows are contiguous. A left operand read across
+// its storage (a_col != 1: dgates^T for a weight gradient, whose k-th column lies a whole
+// dgates row further on) is first copied, one row block and K-block at a time, into a
+// contiguous [kc][rows] buffer: read in place, every k of a tile touched a new page, and each
+// tile of the N-block paid those misses again.
 //
 // No include guard on purpose: each of the two files includes it once, after including
 // <algorithm>, <cstdint> and gemm.h ahead of its target pragma.
@@ -122,6 +125,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_
         c[m * ldc + n] = (beta != 0.f ? c[m * ldc + n] : 0.f) + (bias ? bias[n] : 0.f);
     return;
   }
+  float a_block[V::kRowBlock * kKBlock];  // a row block of A, [kc][rows], when a_col != 1
   for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
     const int64_t kc = std::min(kKBlock, K - k0);
     const int64_t block_panels =
@@ -141,9 +145,17 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_
       b.accumulate = k0 > 0 || beta != 0.f;
       b.bias = k0 == 0 ? bias : nullptr;
       for (int64_t m0 = 0; m0 < M; m0 += V::kRowBlock) {
+        const int64_t rows = std::min<int64_t>(V::kRowBlock, M - m0);
         b.a = a + m0 * a_row + k0 * a_col;
+        if (a_col != 1) {
+          for (int64_t k = 0; k < kc; ++k)
+            for (int64_t r = 0; r < rows; ++r) a_block[k * rows + r] = b.a[r * a_row + k * a_col];
+          b.a = a_block;
+          b.a_row = 1;
+          b.a_col = rows;
+        }
         b.c = c + m0 * ldc;
-        run_rows<V::kRowBlock>(std::min<int64_t>(V::kRowBlock, M - m0), b);
+        run_rows<V::kRowBlock>(rows, b);
       }
     }
   }

@@ -15,32 +15,44 @@ bool cpu_driver_does_gemms(const at::Tensor& input) {
 
 namespace cpu {
 
-InputProjection::InputProjection(const ForwardArgs& a, int d)
+InputProjection::InputProjection(const ForwardArgs& a, int d, UnitSlice slice)
     : x_(a.input.data_ptr<float>()),
       bias_(a.b_ih.defined() ? a.b_ih.data_ptr<float>() + d * a.w_ih.size(1) : nullptr),
-      GH_(a.w_ih.size(1)),
-      I_(a.w_ih.size(2)),
-      w_ih_(a.w_ih.data_ptr<float>() + d * GH_ * I_, I_, GH_, I_, /*transposed=*/true) {}
-
-void InputProjection::apply(int64_t row0, int64_t row1, float* out, int64_t ldo) const {
-  w_ih_.multiply(row1 - row0, x_ + row0 * I_, I_, 1, bias_, 0.f, out, ldo);
+      I_(a.w_ih.size(2)) {
+  const int64_t GH = a.w_ih.size(1), G = num_gates(a.cell);
+  const float* w_ih = a.w_ih.data_ptr<float>() + d * GH * I_;  // [G*H, I]
+  for (const GateRows& rows : gate_rows(G, GH / G, slice)) {
+    runs_.push_back({rows.first, PackedMatrix(w_ih + rows.first * I_, I_, rows.count, I_,
+                                              /*transposed=*/true)});
+  }
 }
 
-void backward_gemms(const BackwardArgs& a, int d, float* dx_d) {
+void InputProjection::apply(int64_t row0, int64_t row1, float* out, int64_t ldo) const {
+  for (const Run& run : runs_) {
+    run.w_ih.multiply(row1 - row0, x_ + row0 * I_, I_, 1, bias_ ? bias_ + run.first : nullptr,
+                      0.f, out + run.first, ldo);
+  }
+}
+
+void backward_gemms(const BackwardArgs& a, int d, int part, int parts, float* dx_d) {
   const int64_t T = a.output.size(0), B = a.output.size(1), D = a.output.size(2);
   const int64_t Hout = a.output.size(3), GH = a.w_ih.size(1), I = a.w_ih.size(2);
   const int64_t TB = T * B;
+  // This part's rows of dx [T*B, ...] and of the weight gradients [G*H, ...].
+  const int64_t tb0 = TB * part / parts, tb1 = TB * (part + 1) / parts;
+  const int64_t g0 = GH * part / parts, g1 = GH * (part + 1) / parts;
   // This direction's columns of dgates [T*B, D, G*H], and the same seen transposed.
   const float* dgates_x = a.dgates_x.data_ptr<float>() + d * GH;
   const float* dgates_h = a.dgates_h.data_ptr<float>() + d * GH;
 
   // dx_d [T*B, I] = dgates_x @ W_ih[d]
   const PackedMatrix w_ih(a.w_ih.data_ptr<float>() + d * GH * I, I, I, GH, false);
-  w_ih.multiply(TB, dgates_x, D * GH, 1, nullptr, 0.f, dx_d, I);
+  w_ih.multiply(tb1 - tb0, dgates_x + tb0 * D * GH, D * GH, 1, nullptr, 0.f, dx_d + tb0 * I, I);
 
   // grad_w_ih[d] [G*H, I] = dgates_x^T @ x
   const PackedMatrix x(a.input.data_ptr<float>(), I, I, TB, false);
-  x.multiply(GH, dgates_x, 1, D * GH, nullptr, 0.f, a.grad_w_ih.data_ptr<float>() + d * GH * I, I);
+  x.multiply(g1 - g0, dgates_x + g0, 1, D * GH, nullptr, 0.f,
+             a.grad_w_ih.data_ptr<float>() + (d * GH + g0) * I, I);
 
   // grad_w_hh[d] [G*H, Hout] = dgates_h^T @ h_prev, h_prev [T*B, Hout] the state each step
   // started from (h0 at the direction's first step). Padded steps have zero dgates, so any
@@ -56,8 +68,8 @@ void backward_gemms(const BackwardArgs& a, int d, float* dx_d) {
     }
   }
   const PackedMatrix h(h_prev.data(), Hout, TB);
-  h.multiply(GH, dgates_h, 1, D * GH, nullptr, 0.f, a.grad_w_hh.data_ptr<float>() + d * GH * Hout,
-             Hout);
+  h.multiply(g1 - g0, dgates_h + g0, 1, D * GH, nullptr, 0.f,
+             a.grad_w_hh.data_ptr<float>() + (d * GH + g0) * Hout, Hout);
 }
 
 }  // namespace cpu

@@ -1,7 +1,7 @@
 // The large GEMMs of a layer on the CPU driver's own threads (see cpu_driver_does_gemms in
-// csrc/birnn.h): each direction's task does its input projection before its time loop, and
-// its share of dx, dW_ih and dW_hh after its backward loop, so the two directions never
-// wait for each other and no GEMM runs between the op and the driver.
+// csrc/birnn.h): the input projection, projected by each slice of units (step_team.h) for
+// its own gate columns as its time loop goes, and after the backward loop dx, dW_ih and
+// dW_hh in row parts, so that no GEMM runs between the op and the driver on one thread.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,6 +10,7 @@
 
 #include "../birnn.h"
 #include "gemm.h"
+#include "step_team.h"
 
 namespace birnn::cpu {
 
@@ -27,22 +28,29 @@ inline Lengths lengths_of(const at::Tensor& lengths, int64_t T) {
   return {lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, T};
 }
 
-// Direction d's input projection W_ih[d] x + b_ih[d], with W_ih[d] packed once.
+// Direction d's input projection W_ih[d] x + b_ih[d] for the gate columns of one slice of
+// units, with those rows of W_ih[d] packed once.
 class InputProjection {
  public:
-  InputProjection(const ForwardArgs& a, int d);
-  // out[(row - row0) * ldo, :G*H] for the input rows [row0, row1) of the T*B (t, b).
+  InputProjection(const ForwardArgs& a, int d, UnitSlice slice);
+  // out[(row - row0) * ldo + c] for the slice's gate columns c of [0, G*H), for the input rows
+  // [row0, row1) of the T*B (t, b); other columns are left alone.
   void apply(int64_t row0, int64_t row1, float* out, int64_t ldo) const;
 
  private:
+  struct Run {
+    int64_t first;        // first gate column of the run
+    PackedMatrix w_ih;    // W_ih[d][first : first + count]^T
+  };
   const float* x_;     // [T*B, I]
   const float* bias_;  // [G*H], or null
-  int64_t GH_, I_;
-  PackedMatrix w_ih_;  // W_ih[d]^T
+  int64_t I_;
+  std::vector<Run> runs_;
 };
 
-// Direction d's share of the backward GEMMs: grad_w_ih[d], grad_w_hh[d], and
-// dx_d [T*B, I] = dgates_x[:, :, d] @ W_ih[d] (the caller sums dx over directions).
-void backward_gemms(const BackwardArgs& a, int d, float* dx_d);
+// Part `part` of `parts` of direction d's backward GEMMs, split by output rows:
+// grad_w_ih[d], grad_w_hh[d], and dx_d [T*B, I] = dgates_x[:, :, d] @ W_ih[d] (the caller
+// sums dx over directions).
+void backward_gemms(const BackwardArgs& a, int d, int part, int parts, float* dx_d);
 
 }  // namespace birnn::cpu

@@ -37,24 +37,24 @@ struct Math<at::vec::Vectorized<S>> {
 namespace cpu::BIRNN_SIMD_NS {
 
 template <typename Cell, typename T>
-int64_t forward_units(const ForwardRow<T>& r, int64_t H) {
+int64_t forward_units(const ForwardRow<T>& r, int64_t j0, int64_t j1, int64_t H) {
   using V = at::vec::Vectorized<T>;
-  int64_t j = 0;
-  for (; j + V::size() <= H; j += V::size()) Cell::template forward<T, V>(r, j, H);
+  int64_t j = j0;
+  for (; j + V::size() <= j1; j += V::size()) Cell::template forward<T, V>(r, j, H);
   return j;
 }
 
 template <typename Cell, typename T>
-int64_t backward_units(const BackwardRow<T>& r, int64_t H) {
+int64_t backward_units(const BackwardRow<T>& r, int64_t j0, int64_t j1, int64_t H) {
   using V = at::vec::Vectorized<T>;
-  int64_t j = 0;
-  for (; j + V::size() <= H; j += V::size()) Cell::template backward<T, V>(r, j, H);
+  int64_t j = j0;
+  for (; j + V::size() <= j1; j += V::size()) Cell::template backward<T, V>(r, j, H);
   return j;
 }
 
-#define BIRNN_INSTANTIATE(CELL, T)                                              \
-  template int64_t forward_units<CELL, T>(const ForwardRow<T>&, int64_t);      \
-  template int64_t backward_units<CELL, T>(const BackwardRow<T>&, int64_t);
+#define BIRNN_INSTANTIATE(CELL, T)                                                              \
+  template int64_t forward_units<CELL, T>(const ForwardRow<T>&, int64_t, int64_t, int64_t);    \
+  template int64_t backward_units<CELL, T>(const BackwardRow<T>&, int64_t, int64_t, int64_t);
 #define BIRNN_INSTANTIATE_CELLS(T)                              \
   BIRNN_INSTANTIATE(RnnCell<CellKind::RnnTanh>, T)              \
   BIRNN_INSTANTIATE(RnnCell<CellKind::RnnRelu>, T)              \

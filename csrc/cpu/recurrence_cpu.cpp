@@ -1,10 +1,17 @@
-// CPU recurrence: the time loop of one layer, both directions at once.
+// CPU recurrence: the time loop of one layer, both directions.
 //
-// Each direction is one task (cpu::run_tasks: on torch's OpenMP team, one after the other
-// with a single thread). Inside a task a step is one small GEMM (the recurrent product for
-// the whole batch), then one pass of the cell's pointwise math (csrc/cells.h) over the
-// batch rows still inside their sequence. Rows past their length are written as zero and
-// leave the state untouched.
+// Threads (step_team.h): each direction's hidden units form one slice, or several when one
+// direction's recurrent weight is too large for a core's L2 cache; the directions run at the
+// same time when the threads suffice, else one after the other. A step of one slice is one
+// small GEMM (the recurrent product for the whole batch, for the slice's gate columns), then
+// one pass of the cell's pointwise math (csrc/cells.h) over the slice's units of every batch
+// row still inside its sequence. Rows past their length are written as zero and carry their
+// state unchanged.
+//
+// Every slice's product reads all of the previous step's h, so h is double-buffered: step s
+// reads h_buf[s % 2] and writes h_buf[(s + 1) % 2], and no slice overwrites what another is
+// still reading. The cell state c and the backward carries are read and written only at the
+// slice's own units, in place.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -12,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -19,6 +27,7 @@
 #include "../register.h"
 #include "large_gemms.h"
 #include "pointwise.h"
+#include "step_team.h"
 #include "step_weight.h"
 #include "tasks.h"
 
@@ -27,17 +36,45 @@ namespace {
 
 using cpu::Lengths;
 using cpu::lengths_of;
+using cpu::Plan;
+using cpu::StepTeam;
 using cpu::StepWeight;
+using cpu::UnitSlice;
+
+// A weight of the recurrent product restricted to one slice's gate columns: one StepWeight
+// per run of gate rows (cpu::gate_rows), each writing its own columns of the output.
+template <typename T>
+class SliceWeight {
+ public:
+  // op(W)[:, columns of the slice] for the forward: W [G*H, K] used transposed.
+  SliceWeight(const T* w, int64_t G, int64_t H, int64_t K, UnitSlice slice) {
+    for (const cpu::GateRows& rows : cpu::gate_rows(G, H, slice)) {
+      runs_.push_back({rows.first, StepWeight<T>(w + rows.first * K, K, rows.count, K, true)});
+    }
+  }
+  // out[rows, the slice's columns] = x[rows, K] @ op(W) + beta * out
+  void apply(int64_t rows, const T* x, int64_t ldx, T beta, T* out, int64_t ldout) const {
+    for (const Run& run : runs_) run.weight.apply(rows, x, ldx, beta, out + run.first, ldout);
+  }
+
+ private:
+  struct Run {
+    int64_t first;  // first output column
+    StepWeight<T> weight;
+  };
+  std::vector<Run> runs_;
+};
 
 // Where the forward's input projections come from: the op's gates_x [T, B, D, G*H], or,
 // when the driver runs the GEMMs for two directions (large_gemms.h), chunks of this
-// direction's steps that it projects just before its time loop reaches them. A chunk is
-// small enough to stay in cache from the GEMM that writes it to the steps that read it; a
-// whole gates_x is not (52 MB at B = 64, H = 256) and came back from memory at every step.
+// direction's steps that each slice projects for its own gate columns just before its time
+// loop reaches them. A chunk is small enough to stay in cache from the GEMM that writes it to
+// the steps that read it; a whole gates_x is not (52 MB at B = 64, H = 256) and came back
+// from memory at every step.
 template <typename T>
 class InputGates {
  public:
-  InputGates(const ForwardArgs& a, int d, int64_t GH)
+  InputGates(const ForwardArgs& a, int d, int64_t GH, UnitSlice slice)
       : T_(a.output.size(0)), B_(a.output.size(1)), D_(a.output.size(2)), GH_(GH), d_(d) {
     if constexpr (std::is_same_v<T, float>) {
       if (a.driver_gemms && D_ == 2) {
@@ -46,7 +83,7 @@ class InputGates {
         chunk_steps_ = std::clamp<int64_t>(
             std::max(kChunkBytes / step_bytes, (kMinRows + B_ - 1) / B_), 1, T_);
         chunk_.resize(chunk_steps_ * B_ * GH_);
-        projection_.emplace(a, d);
+        projection_.emplace(a, d, slice);
         return;
       }
     }
@@ -78,147 +115,273 @@ class InputGates {
   const T* gates_x_ = nullptr;
   std::optional<cpu::InputProjection> projection_;
   int64_t chunk_steps_ = 0, chunk_end_ = 0, first_t_ = 0;
-  std::vector<float> chunk_;  // [chunk_steps, B, G*H]
+  std::vector<float> chunk_;  // [chunk_steps, B, G*H], the slice's columns written
 };
 
+// One direction's forward time loop: unit(s, i) runs step s of slice i; there are T units.
 template <typename Cell, typename T>
-void forward_direction(const ForwardArgs& a, int d) {
-  const int64_t T_ = a.output.size(0), B = a.output.size(1), D = a.output.size(2);
-  const int64_t Hout = a.output.size(3), GH = a.w_hh.size(1), H = GH / Cell::kGates;
-  const int64_t R = Cell::kReserve * H;
-  const bool proj = a.w_hr.defined();
-  const Lengths len = lengths_of(a.lengths, T_);
-  const int64_t max_len = len.max(B);
-
-  const T* w_hh = a.w_hh.data_ptr<T>() + d * GH * Hout;                   // [G*H, Hout]
-  const T* b_hh = a.b_hh.defined() ? a.b_hh.data_ptr<T>() + d * GH : nullptr;
-  const T* w_hr = proj ? a.w_hr.data_ptr<T>() + d * Hout * H : nullptr;   // [Hout, H]
-  InputGates<T> gates_x(a, d, GH);
-  T* output = a.output.data_ptr<T>();                                     // [T, B, D, Hout]
-  T* h = a.h.data_ptr<T>() + d * B * Hout;                                // [B, Hout] state
-  T* c = a.c.defined() ? a.c.data_ptr<T>() + d * B * H : nullptr;         // [B, H] state
-  T* reserve = a.reserve.defined() ? a.reserve.data_ptr<T>() : nullptr;  // [T, B, D, R]
-
-  const StepWeight<T> recurrent(w_hh, GH, Hout, /*transposed=*/true);  // h @ W_hh^T
-  const std::optional<StepWeight<T>> projection =
-      proj ? std::make_optional<StepWeight<T>>(w_hr, Hout, H, true) : std::nullopt;  // m @ W_hr^T
-  std::vector<T> gates_h(B * GH);                 // [B, G*H] h @ W_hh^T of this step
-  std::vector<T> m(proj ? B * H : 0);             // [B, H] o * tanh(c), before projection
-  std::vector<T> h_proj(proj ? B * Hout : 0);     // [B, Hout] m @ W_hr^T
-
-  for (int64_t s = 0; s < T_; ++s) {
-    const int64_t t = d == 0 ? s : T_ - 1 - s;
-    const bool any_valid = t < max_len;
-    if (any_valid) {
-      gates_x.prepare(s);
-      recurrent.apply(B, h, Hout, T(0), gates_h.data(), GH);
+class ForwardLoop {
+ public:
+  ForwardLoop(const ForwardArgs& a, int d, const std::vector<UnitSlice>& slices)
+      : a_(a), d_(d), slices_(slices),
+        T_(a.output.size(0)), B_(a.output.size(1)), D_(a.output.size(2)),
+        Hout_(a.output.size(3)), GH_(a.w_hh.size(1)), H_(GH_ / Cell::kGates),
+        proj_(a.w_hr.defined()), len_(lengths_of(a.lengths, T_)), max_len_(len_.max(B_)),
+        b_hh_(a.b_hh.defined() ? a.b_hh.data_ptr<T>() + d * GH_ : nullptr),
+        c_(a.c.defined() ? a.c.data_ptr<T>() + d * B_ * H_ : nullptr),
+        reserve_(a.reserve.defined() ? a.reserve.data_ptr<T>() : nullptr),
+        h_spare_(B_ * Hout_), gates_h_(B_ * GH_) {
+    TORCH_INTERNAL_ASSERT(!proj_ || slices.size() == 1, "a projection needs every unit");
+    h_buf_[0] = a.h.data_ptr<T>() + d * B_ * Hout_;
+    h_buf_[1] = h_spare_.data();
+    const T* w_hh = a.w_hh.data_ptr<T>() + d * GH_ * Hout_;  // [G*H, Hout]
+    for (const UnitSlice& slice : slices) {
+      recurrent_.emplace_back(w_hh, Cell::kGates, H_, Hout_, slice);  // h @ W_hh^T
+      gates_x_.emplace_back(a, d, GH_, slice);
     }
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = (t * B + b) * D + d;
-      T* out_row = output + row * Hout;
-      T* reserve_row = reserve ? reserve + row * R : nullptr;
-      if (t >= len[b]) {
-        std::fill(out_row, out_row + Hout, T(0));
-        if (reserve_row) std::fill(reserve_row, reserve_row + R, T(0));
+    if (proj_) {
+      // m @ W_hr^T, W_hr [Hout, H]
+      projection_.emplace(a.w_hr.data_ptr<T>() + d * Hout_ * H_, H_, Hout_, H_, true);
+      m_.resize(B_ * H_);
+    }
+  }
+
+  int64_t units() const { return T_; }
+
+  void unit(int64_t s, int i) {
+    const UnitSlice u = slices_[i];
+    const UnitSlice o = out_units(i);
+    const int64_t t = d_ == 0 ? s : T_ - 1 - s;
+    const int64_t R = Cell::kReserve * H_;
+    T* h_prev = h_buf_[s % 2];                    // [B, Hout] the state this step reads
+    T* h_next = h_buf_[(s + 1) % 2];              // [B, Hout] the state it writes
+    T* output = a_.output.data_ptr<T>();          // [T, B, D, Hout]
+    const bool any_valid = t < max_len_;
+    if (any_valid) {
+      gates_x_[i].prepare(s);
+      recurrent_[i].apply(B_, h_prev, Hout_, T(0), gates_h_.data(), GH_);
+    }
+    for (int64_t b = 0; b < B_; ++b) {
+      const int64_t row = (t * B_ + b) * D_ + d_;
+      T* out_row = output + row * Hout_;
+      T* reserve_row = reserve_ ? reserve_ + row * R : nullptr;
+      T* h_row = h_next + b * Hout_;
+      if (t >= len_[b]) {
+        // Padding: zero output and reserve, the state carried through unchanged.
+        std::fill(out_row + o.u0, out_row + o.u1, T(0));
+        for (int k = 0; reserve_row && k < Cell::kReserve; ++k) {
+          std::fill(reserve_row + k * H_ + u.u0, reserve_row + k * H_ + u.u1, T(0));
+        }
+        std::copy(h_prev + b * Hout_ + o.u0, h_prev + b * Hout_ + o.u1, h_row + o.u0);
         continue;
       }
-      T* h_row = h + b * Hout;
-      T* c_row = c ? c + b * H : nullptr;
-      const ForwardRow<T> r{gates_x.row(t, b), gates_h.data() + b * GH, b_hh, h_row, c_row,
-                            proj ? m.data() + b * H : h_row, c_row, reserve_row};
-      cpu::forward_row<Cell, T>(r, H);
-      if (!proj) std::copy(h_row, h_row + Hout, out_row);
+      T* c_row = c_ ? c_ + b * H_ : nullptr;
+      const ForwardRow<T> r{gates_x_[i].row(t, b), gates_h_.data() + b * GH_, b_hh_,
+                            h_prev + b * Hout_, c_row, proj_ ? m_.data() + b * H_ : h_row,
+                            c_row, reserve_row};
+      cpu::forward_row<Cell, T>(r, u.u0, u.u1, H_);
+      if (!proj_) std::copy(h_row + u.u0, h_row + u.u1, out_row + u.u0);
     }
-    if (proj && any_valid) {
-      projection->apply(B, m.data(), H, T(0), h_proj.data(), Hout);
-      for (int64_t b = 0; b < B; ++b) {
-        if (t >= len[b]) continue;
-        const T* src = h_proj.data() + b * Hout;
-        std::copy(src, src + Hout, h + b * Hout);
-        std::copy(src, src + Hout, output + ((t * B + b) * D + d) * Hout);
+    if (proj_ && any_valid) {
+      // h = m @ W_hr^T for every row (one slice covers all units), then the padded rows'
+      // carried state over it again.
+      projection_->apply(B_, m_.data(), H_, T(0), h_next, Hout_);
+      for (int64_t b = 0; b < B_; ++b) {
+        T* h_row = h_next + b * Hout_;
+        if (t >= len_[b]) {
+          std::copy(h_prev + b * Hout_, h_prev + (b + 1) * Hout_, h_row);
+        } else {
+          std::copy(h_row, h_row + Hout_, output + ((t * B_ + b) * D_ + d_) * Hout_);
+        }
       }
     }
   }
-}
 
+  // The slice's columns of h and of the output: its units, or all Hout outputs of the
+  // projection (whose one slice covers every unit).
+  UnitSlice out_units(int i) const { return proj_ ? UnitSlice{0, Hout_} : slices_[i]; }
+
+  // After the last step: h_n into a.h, where step T left it in the spare buffer.
+  void finish() {
+    if (T_ % 2 == 1) std::copy(h_buf_[1], h_buf_[1] + B_ * Hout_, h_buf_[0]);
+  }
+
+ private:
+  const ForwardArgs& a_;
+  const int d_;
+  const std::vector<UnitSlice>& slices_;
+  const int64_t T_, B_, D_, Hout_, GH_, H_;
+  const bool proj_;
+  const Lengths len_;
+  const int64_t max_len_;
+  const T* b_hh_;     // [G*H] or null
+  T* c_;              // [B, H] cell state (LSTM), or null
+  T* reserve_;        // [T, B, D, R], or null in inference
+  std::vector<T> h_spare_;  // [B, Hout] the second h buffer
+  T* h_buf_[2];
+  std::vector<T> gates_h_;  // [B, G*H] h @ W_hh^T of this step, each slice its own columns
+  std::vector<SliceWeight<T>> recurrent_;        // per slice
+  std::vector<InputGates<T>> gates_x_;           // per slice
+  std::optional<StepWeight<T>> projection_;      // W_hr (LSTM with proj_size)
+  std::vector<T> m_;                             // [B, H] o * tanh(c), before projection
+};
+
+// One direction's backward time loop, in units: unit u first finishes step u-1 (its slice's
+// columns of carry += dgates_h @ W_hh, which needs every slice's dgates of that step), then
+// runs the pointwise backward of step u for its slice's units. Steps are in the reverse of
+// the forward's order; there are T + 1 units.
 template <typename Cell, typename T>
-void backward_direction(const BackwardArgs& a, int d) {
-  using A = at::opmath_type<T>;
-  const int64_t T_ = a.output.size(0), B = a.output.size(1), D = a.output.size(2);
-  const int64_t Hout = a.output.size(3), GH = a.w_hh.size(1), H = GH / Cell::kGates;
-  const int64_t R = Cell::kReserve * H;
-  const bool proj = a.w_hr.defined();
-  const bool split = Cell::kSplitHiddenGrad;
-  const Lengths len = lengths_of(a.lengths, T_);
-  const int64_t max_len = len.max(B);
+class BackwardLoop {
+ public:
+  BackwardLoop(const BackwardArgs& a, int d, const std::vector<UnitSlice>& slices)
+      : a_(a), d_(d), slices_(slices),
+        T_(a.output.size(0)), B_(a.output.size(1)), D_(a.output.size(2)),
+        Hout_(a.output.size(3)), GH_(a.w_hh.size(1)), H_(GH_ / Cell::kGates),
+        proj_(a.w_hr.defined()), len_(lengths_of(a.lengths, T_)), max_len_(len_.max(B_)),
+        dh_step_(proj_ ? 0 : B_ * Hout_), dm_(proj_ ? B_ * H_ : 0) {
+    TORCH_INTERNAL_ASSERT(!proj_ || slices.size() == 1, "a projection needs every unit");
+    const T* w_hh = a.w_hh.data_ptr<T>() + d * GH_ * Hout_;  // [G*H, Hout]
+    for (size_t i = 0; i < slices.size(); ++i) {
+      // dgates_h @ W_hh[:, the slice's columns of h]
+      const UnitSlice o = out_units(int(i));
+      recurrent_.emplace_back(w_hh + o.u0, Hout_, o.size(), GH_, false);
+    }
+    if (proj_) {
+      // dh @ W_hr, W_hr [Hout, H]
+      projection_.emplace(a.w_hr.data_ptr<T>() + d * Hout_ * H_, H_, H_, Hout_, false);
+    }
+  }
 
-  const T* w_hh = a.w_hh.data_ptr<T>() + d * GH * Hout;                 // [G*H, Hout]
-  const T* w_hr = proj ? a.w_hr.data_ptr<T>() + d * Hout * H : nullptr; // [Hout, H]
-  const T* grad_output = a.grad_output.data_ptr<T>();                   // [T, B, D, Hout]
-  const T* output = a.output.data_ptr<T>();                             // [T, B, D, Hout]
-  const T* h0 = a.h0.data_ptr<T>() + d * B * Hout;                      // [B, Hout]
-  const T* c0 = a.c0.defined() ? a.c0.data_ptr<T>() + d * B * H : nullptr;
-  const T* reserve = a.reserve.data_ptr<T>();                           // [T, B, D, R]
-  T* dh = a.dh.data_ptr<T>() + d * B * Hout;      // [B, Hout] carry: dLoss/dh from step t+1
-  T* dc = a.dc.defined() ? a.dc.data_ptr<T>() + d * B * H : nullptr;   // [B, H] carry
-  T* dgates_x = a.dgates_x.data_ptr<T>();                               // [T, B, D, G*H]
-  T* dgates_h = a.dgates_h.data_ptr<T>();
-  T* dh_total = proj ? a.dh_total.data_ptr<T>() : nullptr;              // [T, B, D, Hout]
+  int64_t units() const { return T_ + 1; }
 
-  const StepWeight<T> recurrent(w_hh, Hout, GH, /*transposed=*/false);  // dgates_h @ W_hh
-  const std::optional<StepWeight<T>> projection =
-      proj ? std::make_optional<StepWeight<T>>(w_hr, H, Hout, false) : std::nullopt;  // dh @ W_hr
-  std::vector<T> dh_step(proj ? 0 : B * Hout);  // [B, Hout] total dLoss/dh of this step
-  std::vector<T> dm(proj ? B * H : 0);          // [B, H] that gradient through W_hr
+  void unit(int64_t u, int i) {
+    if (u > 0) finish_step(u - 1, i);
+    if (u < T_) pointwise(u, i);
+  }
 
-  // Backward visits the steps in the reverse of the forward's order.
-  for (int64_t s = 0; s < T_; ++s) {
-    const int64_t t = d == 0 ? T_ - 1 - s : s;
-    const bool any_valid = t < max_len;
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = (t * B + b) * D + d;
-      T* dh_row = proj ? dh_total + row * Hout : dh_step.data() + b * Hout;
-      if (t >= len[b]) {
-        std::fill(dh_row, dh_row + Hout, T(0));
-        std::fill(dgates_x + row * GH, dgates_x + (row + 1) * GH, T(0));
-        if (split) std::fill(dgates_h + row * GH, dgates_h + (row + 1) * GH, T(0));
+  void finish() {}
+
+ private:
+  int64_t time_of(int64_t s) const { return d_ == 0 ? T_ - 1 - s : s; }
+
+  // The slice's columns of h, dh and the output (ForwardLoop::out_units).
+  UnitSlice out_units(int i) const { return proj_ ? UnitSlice{0, Hout_} : slices_[i]; }
+
+  // carry[:, slice] += dgates_h[t] @ W_hh[:, slice]: the gradient reaching the previous
+  // step's h.
+  void finish_step(int64_t s, int i) {
+    const int64_t t = time_of(s);
+    if (t >= max_len_) return;
+    T* dh = a_.dh.data_ptr<T>() + d_ * B_ * Hout_;
+    const T* dgates_h = a_.dgates_h.data_ptr<T>() + (t * B_ * D_ + d_) * GH_;
+    recurrent_[i].apply(B_, dgates_h, D_ * GH_, T(1), dh + out_units(i).u0, Hout_);
+  }
+
+  void pointwise(int64_t s, int i) {
+    using A = at::opmath_type<T>;
+    const UnitSlice u = slices_[i];
+    const UnitSlice o = out_units(i);
+    const int64_t t = time_of(s);
+    const int64_t R = Cell::kReserve * H_;
+    const T* grad_output = a_.grad_output.data_ptr<T>();                 // [T, B, D, Hout]
+    const T* output = a_.output.data_ptr<T>();                           // [T, B, D, Hout]
+    const T* h0 = a_.h0.data_ptr<T>() + d_ * B_ * Hout_;                 // [B, Hout]
+    const T* c0 = a_.c0.defined() ? a_.c0.data_ptr<T>() + d_ * B_ * H_ : nullptr;
+    const T* reserve = a_.reserve.data_ptr<T>();                         // [T, B, D, R]
+    T* dh = a_.dh.data_ptr<T>() + d_ * B_ * Hout_;   // [B, Hout] carry: dLoss/dh from step t+1
+    T* dc = a_.dc.defined() ? a_.dc.data_ptr<T>() + d_ * B_ * H_ : nullptr;  // [B, H] carry
+    T* dgates_x = a_.dgates_x.data_ptr<T>();                             // [T, B, D, G*H]
+    T* dgates_h = a_.dgates_h.data_ptr<T>();
+    T* dh_total = proj_ ? a_.dh_total.data_ptr<T>() : nullptr;           // [T, B, D, Hout]
+    const bool split = Cell::kSplitHiddenGrad;
+
+    for (int64_t b = 0; b < B_; ++b) {
+      const int64_t row = (t * B_ + b) * D_ + d_;
+      T* dh_row = proj_ ? dh_total + row * Hout_ : dh_step_.data() + b * Hout_;
+      if (t >= len_[b]) {
+        std::fill(dh_row + o.u0, dh_row + o.u1, T(0));
+        for (int64_t g = 0; g < Cell::kGates; ++g) {
+          const int64_t c0_ = row * GH_ + g * H_;
+          std::fill(dgates_x + c0_ + u.u0, dgates_x + c0_ + u.u1, T(0));
+          if (split) std::fill(dgates_h + c0_ + u.u0, dgates_h + c0_ + u.u1, T(0));
+        }
         continue;
       }
       // This step's h feeds the output at t and the next step: both gradients meet here.
-      T* carry = dh + b * Hout;
-      const T* g = grad_output + row * Hout;
-      for (int64_t k = 0; k < Hout; ++k) {
+      T* carry = dh + b * Hout_;
+      const T* g = grad_output + row * Hout_;
+      for (int64_t k = o.u0; k < o.u1; ++k) {
         dh_row[k] = T(A(g[k]) + A(carry[k]));
         carry[k] = T(0);
       }
     }
-    if (!any_valid) continue;
-    if (proj) {
-      projection->apply(B, dh_total + (t * B * D + d) * Hout, D * Hout, T(0), dm.data(), H);
+    if (t >= max_len_) return;
+    if (proj_) {
+      projection_->apply(B_, dh_total + (t * B_ * D_ + d_) * Hout_, D_ * Hout_, T(0), dm_.data(),
+                         H_);
     }
-    for (int64_t b = 0; b < B; ++b) {
-      if (t >= len[b]) continue;
-      const int64_t row = (t * B + b) * D + d;
-      const int64_t prev = previous_step(d, t, len[b]);
-      const int64_t prev_row = (prev * B + b) * D + d;
+    for (int64_t b = 0; b < B_; ++b) {
+      if (t >= len_[b]) continue;
+      const int64_t row = (t * B_ + b) * D_ + d_;
+      const int64_t prev = previous_step(d_, t, len_[b]);
+      const int64_t prev_row = (prev * B_ + b) * D_ + d_;
       const T* c_prev = nullptr;
       if constexpr (Cell::kCellSlot >= 0) {
-        c_prev = prev < 0 ? c0 + b * H : reserve + prev_row * R + Cell::kCellSlot * H;
+        c_prev = prev < 0 ? c0 + b * H_ : reserve + prev_row * R + Cell::kCellSlot * H_;
       }
-      const BackwardRow<T> r{proj ? dm.data() + b * H : dh_step.data() + b * Hout,
+      const BackwardRow<T> r{proj_ ? dm_.data() + b * H_ : dh_step_.data() + b * Hout_,
                              reserve + row * R,
-                             output + row * Hout,
-                             prev < 0 ? h0 + b * Hout : output + prev_row * Hout,
+                             output + row * Hout_,
+                             prev < 0 ? h0 + b * Hout_ : output + prev_row * Hout_,
                              c_prev,
-                             dc ? dc + b * H : nullptr,
-                             dh + b * Hout,
-                             dgates_x + row * GH,
-                             dgates_h + row * GH};
-      cpu::backward_row<Cell, T>(r, H);
+                             dc ? dc + b * H_ : nullptr,
+                             dh + b * Hout_,
+                             dgates_x + row * GH_,
+                             dgates_h + row * GH_};
+      cpu::backward_row<Cell, T>(r, u.u0, u.u1, H_);
     }
-    // carry += dgates_h @ W_hh: the gradient reaching the previous step's h.
-    recurrent.apply(B, dgates_h + (t * B * D + d) * GH, D * GH, T(1), dh, Hout);
   }
+
+  const BackwardArgs& a_;
+  const int d_;
+  const std::vector<UnitSlice>& slices_;
+  const int64_t T_, B_, D_, Hout_, GH_, H_;
+  const bool proj_;
+  const Lengths len_;
+  const int64_t max_len_;
+  std::vector<T> dh_step_;  // [B, Hout] total dLoss/dh of this step (no projection)
+  std::vector<T> dm_;       // [B, H] that gradient through W_hr (projection)
+  std::vector<StepWeight<T>> recurrent_;     // per slice: W_hh[:, its units]
+  std::optional<StepWeight<T>> projection_;  // W_hr
+};
+
+Plan plan_of(const at::Tensor& output, const at::Tensor& w_hh, const at::Tensor& w_hr,
+             int gates) {
+  const int64_t D = output.size(2), Hout = output.size(3), H = w_hh.size(1) / gates;
+  return cpu::plan_layer(D, gates, H, Hout, w_hh.element_size(), !w_hr.defined());
+}
+
+// Runs the directions' loops under `plan`: make(d) builds direction d's loop, whose units()
+// steps run as loop.unit(step, slice) on a StepTeam per direction, then loop.finish().
+template <typename Loop, typename Make>
+void run_directions(int64_t D, const Plan& plan, const Make& make) {
+  std::vector<std::unique_ptr<Loop>> loops;
+  std::vector<std::unique_ptr<StepTeam>> teams;
+  for (int d = 0; d < D; ++d) {
+    loops.push_back(make(d));
+    teams.push_back(std::make_unique<StepTeam>(loops.back()->units(), plan.slices));
+  }
+  auto run = [&](int d, int home) {
+    teams[d]->run(home, [&](int64_t u, int i) { loops[d]->unit(u, i); });
+  };
+  if (plan.directions_concurrent) {
+    cpu::run_tasks(int(D) * plan.slices, [&](int task) { run(task / plan.slices, task % plan.slices); });
+  } else {
+    cpu::run_tasks(plan.slices, [&](int home) {
+      for (int d = 0; d < D; ++d) run(d, home);
+    });
+  }
+  for (auto& loop : loops) loop->finish();
 }
 
 }  // namespace
@@ -229,8 +392,8 @@ void forward_recurrence_cpu(const ForwardArgs& a) {
     // One direction: project every step first, with every thread, in row blocks (two
     // directions project on their own threads as they go: InputGates).
     const int blocks = std::max(1, at::get_num_threads());
-    const cpu::InputProjection projection(a, 0);
     const int64_t GH = a.gates_x.size(3);
+    const cpu::InputProjection projection(a, 0, {0, GH / num_gates(a.cell)});
     cpu::run_tasks(blocks, [&](int i) {
       const int64_t row0 = rows * i / blocks, row1 = rows * (i + 1) / blocks;
       projection.apply(row0, row1, a.gates_x.data_ptr<float>() + row0 * GH, GH);
@@ -238,28 +401,36 @@ void forward_recurrence_cpu(const ForwardArgs& a) {
   }
   dispatch_cell(a.cell, [&](auto cell) {
     using Cell = decltype(cell);
+    const Plan plan = plan_of(a.output, a.w_hh, a.w_hr, Cell::kGates);
+    const std::vector<UnitSlice> slices = cpu::unit_slices(a.w_hh.size(1) / Cell::kGates, plan.slices);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.output.scalar_type(),
                                     "birnn_forward_cpu", [&] {
-      cpu::run_tasks(D, [&](int d) { forward_direction<Cell, scalar_t>(a, d); });
+      using Loop = ForwardLoop<Cell, scalar_t>;
+      run_directions<Loop>(D, plan, [&](int d) { return std::make_unique<Loop>(a, d, slices); });
     });
   });
 }
 
 void backward_recurrence_cpu(const BackwardArgs& a) {
   const int64_t D = a.output.size(2);
-  // Direction 1's part of dx, summed into grad_input once both are done.
-  const at::Tensor dx_1 = a.driver_gemms && D == 2 ? at::empty_like(a.grad_input) : at::Tensor();
   dispatch_cell(a.cell, [&](auto cell) {
     using Cell = decltype(cell);
+    const Plan plan = plan_of(a.output, a.w_hh, a.w_hr, Cell::kGates);
+    const std::vector<UnitSlice> slices = cpu::unit_slices(a.w_hh.size(1) / Cell::kGates, plan.slices);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dgates_x.scalar_type(),
                                     "birnn_backward_cpu", [&] {
-      cpu::run_tasks(D, [&](int d) {
-        backward_direction<Cell, scalar_t>(a, d);
-        if (a.driver_gemms) {
-          cpu::backward_gemms(a, d, (d == 0 ? a.grad_input : dx_1).data_ptr<float>());
-        }
-      });
+      using Loop = BackwardLoop<Cell, scalar_t>;
+      run_directions<Loop>(D, plan, [&](int d) { return std::make_unique<Loop>(a, d, slices); });
     });
+  });
+  if (!a.driver_gemms) return;
+  // dx, dW_ih and dW_hh: every direction in row parts, one part per thread.
+  const int parts = std::max<int>(1, at::get_num_threads() / int(D));
+  // Direction 1's part of dx, summed into grad_input once both are done.
+  const at::Tensor dx_1 = D == 2 ? at::empty_like(a.grad_input) : at::Tensor();
+  cpu::run_tasks(int(D) * parts, [&](int task) {
+    const int d = task / parts;
+    cpu::backward_gemms(a, d, task % parts, parts, (d == 0 ? a.grad_input : dx_1).data_ptr<float>());
   });
   if (dx_1.defined()) a.grad_input.add_(dx_1);
 }

@@ -1,6 +1,7 @@
 // A weight that is the right-hand operand of the same product at every step of the time loop:
 // out[rows, N] = x[rows, K] @ op(W) + beta * out, with op(W) = W^T for W [N, K] (transposed)
-// or W for W [K, N]. The engine is chosen once, when the weight is packed:
+// or W for W [K, N], rows of W `ldw` elements apart. The engine is chosen once, when the
+// weight is packed:
 //   own    float on a CPU with AVX2 or AVX-512: birnn_ext's GEMM (gemm.h), W packed into panels
 //   mkl    float without them, with MKL: W packed once into MKL's layout (cblas_sgemm_pack), as
 //          oneDNN's RNNs do; T steps would otherwise re-pack the same weight T times
@@ -20,19 +21,19 @@ namespace birnn::cpu {
 template <typename T>
 class StepWeight {
  public:
-  StepWeight(const T* w, int64_t N, int64_t K, bool transposed)
-      : w_(w), N_(N), K_(K), transposed_(transposed) {
+  StepWeight(const T* w, int64_t ldw, int64_t N, int64_t K, bool transposed)
+      : w_(w), ldw_(ldw), N_(N), K_(K), transposed_(transposed) {
     if (N == 0 || K == 0) return;
     if constexpr (std::is_same_v<T, float>) {
       if (cpu_isa() != Isa::Scalar) {
-        own_.emplace(w, transposed ? K : N, N, K, transposed);
+        own_.emplace(w, ldw, N, K, transposed);
       } else if (cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
                  cblas_sgemm_compute != nullptr) {
         // Column-major view: out^T [N, rows] = op'(W) [N, K] @ x^T [K, rows], W the A matrix.
         const size_t bytes = cblas_sgemm_pack_get_size(kAMatrix, N, 1, K);
         mkl_ = at::empty({static_cast<int64_t>(bytes)}, at::kByte);
         cblas_sgemm_pack(kColMajor, kAMatrix, transposed ? kTrans : kNoTrans, N, 1, K, 1.f, w,
-                         transposed ? K : N, reinterpret_cast<float*>(mkl_.data_ptr()));
+                         ldw, reinterpret_cast<float*>(mkl_.data_ptr()));
       }
     }
   }
@@ -48,9 +49,9 @@ class StepWeight {
       }
     }
     if (transposed_) {
-      gemm_nt<T>(rows, N_, K_, x, ldx, w_, K_, beta, out, ldout);
+      gemm_nt<T>(rows, N_, K_, x, ldx, w_, ldw_, beta, out, ldout);
     } else {
-      gemm_nn<T>(rows, N_, K_, x, ldx, w_, N_, beta, out, ldout);
+      gemm_nn<T>(rows, N_, K_, x, ldx, w_, ldw_, beta, out, ldout);
     }
   }
 
@@ -59,7 +60,7 @@ class StepWeight {
   static constexpr int kColMajor = 102, kNoTrans = 111, kTrans = 112, kPacked = 151,
                        kAMatrix = 161;
   const T* w_;
-  int64_t N_, K_;
+  int64_t ldw_, N_, K_;
   bool transposed_;
   std::optional<PackedMatrix> own_;  // engine "own", or empty
   at::Tensor mkl_;                   // engine "mkl": MKL's packed copy of W, or undefined
