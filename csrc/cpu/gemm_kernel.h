@@ -148,8 +148,15 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_
         const int64_t rows = std::min<int64_t>(V::kRowBlock, M - m0);
         b.a = a + m0 * a_row + k0 * a_col;
         if (a_col != 1) {
-          for (int64_t k = 0; k < kc; ++k)
-            for (int64_t r = 0; r < rows; ++r) a_block[k * rows + r] = b.a[r * a_row + k * a_col];
+          if (a_row == 1) {  // the rows of a column are side by side: one vector per k
+            const typename V::Mask mask = V::mask_of(rows);
+            for (int64_t k = 0; k < kc; ++k) {
+              V::store_masked(a_block + k * rows, mask, V::load_masked(mask, b.a + k * a_col));
+            }
+          } else {
+            for (int64_t k = 0; k < kc; ++k)
+              for (int64_t r = 0; r < rows; ++r) a_block[k * rows + r] = b.a[r * a_row + k * a_col];
+          }
           b.a = a_block;
           b.a_row = 1;
           b.a_col = rows;
