@@ -22,7 +22,7 @@ struct V {
   using Reg = __m512;
   using Mask = __mmask16;
   static constexpr int kWidth = 16;
-  static constexpr int kRowBlock = 8;
+  static constexpr int kRowBlock = 8, kSmallRowBlock = 8, kSmallRows = 8;
   // 32 registers: R*P accumulators + P weights + 1 broadcast.
   static constexpr int max_panels(int R) { return R <= 2 ? 8 : R <= 4 ? 6 : R <= 6 ? 4 : 3; }
   static Reg zero() { return _mm512_setzero_ps(); }

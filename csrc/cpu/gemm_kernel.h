@@ -4,7 +4,7 @@
 // BIRNN_SIMD_NS naming the namespace that receives `kGemm`.
 //
 // V provides: Reg, Mask, kWidth (floats per register), kRowBlock (rows of A per register
-// tile), max_panels(R) (panels per tile for R rows, so that R*P accumulators + P weights +
+// tile; kSmallRowBlock for products of at most kSmallRows rows), max_panels(R) (panels per tile for R rows, so that R*P accumulators + P weights +
 // one broadcast fit the register file), zero, load, broadcast, fma, add, mask_of(cols),
 // kFull, load_masked, store_masked, and transpose(Reg[kWidth]) (in-register transpose of a
 // kWidth x kWidth block).
@@ -114,9 +114,9 @@ void run_rows(int64_t rows, const Block& b) {
   row_block<R>(b);
 }
 
-void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_t a_col,
-          const float* panels, const float* bias, float beta, float* c, int64_t ldc) {
-  if (M == 0 || N == 0) return;
+template <int kRows>
+void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_t a_col,
+               const float* panels, const float* bias, float beta, float* c, int64_t ldc) {
   const int64_t num_panels = (N + kW - 1) / kW;
   const typename V::Mask tail_mask = V::mask_of(N - (num_panels - 1) * kW);
   if (K == 0) {  // nothing to multiply: C = beta * C + bias
@@ -125,7 +125,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_
         c[m * ldc + n] = (beta != 0.f ? c[m * ldc + n] : 0.f) + (bias ? bias[n] : 0.f);
     return;
   }
-  float a_block[V::kRowBlock * kKBlock];  // a row block of A, [kc][rows], when a_col != 1
+  float a_block[kRows * kKBlock];  // a row block of A, [kc][rows], when a_col != 1
   for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
     const int64_t kc = std::min(kKBlock, K - k0);
     const int64_t block_panels =
@@ -144,8 +144,8 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_
       b.ldc = ldc;
       b.accumulate = k0 > 0 || beta != 0.f;
       b.bias = k0 == 0 ? bias : nullptr;
-      for (int64_t m0 = 0; m0 < M; m0 += V::kRowBlock) {
-        const int64_t rows = std::min<int64_t>(V::kRowBlock, M - m0);
+      for (int64_t m0 = 0; m0 < M; m0 += kRows) {
+        const int64_t rows = std::min<int64_t>(kRows, M - m0);
         b.a = a + m0 * a_row + k0 * a_col;
         if (a_col != 1) {
           if (a_row == 1) {  // the rows of a column are side by side: one vector per k
@@ -162,9 +162,19 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_
           b.a_col = rows;
         }
         b.c = c + m0 * ldc;
-        run_rows<V::kRowBlock>(rows, b);
+        run_rows<kRows>(rows, b);
       }
     }
+  }
+}
+
+void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_t a_col,
+          const float* panels, const float* bias, float beta, float* c, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (M <= V::kSmallRows) {
+    gemm_rows<V::kSmallRowBlock>(M, N, K, a, a_row, a_col, panels, bias, beta, c, ldc);
+  } else {
+    gemm_rows<V::kRowBlock>(M, N, K, a, a_row, a_col, panels, bias, beta, c, ldc);
   }
 }
 
