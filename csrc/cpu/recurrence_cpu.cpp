@@ -41,6 +41,22 @@ using cpu::StepTeam;
 using cpu::StepWeight;
 using cpu::UnitSlice;
 
+// A scratch buffer of n values from torch's CPU allocator: 64-byte aligned, so the SIMD loads
+// and stores of the GEMMs and the pointwise pass never straddle two cache lines, and left
+// uninitialised (every value is written before it is read).
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n = 0)
+      : tensor_(at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value))),
+        data_(tensor_.data_ptr<T>()) {}
+  T* data() const { return data_; }
+
+ private:
+  at::Tensor tensor_;
+  T* data_;
+};
+
 // A weight of the recurrent product restricted to one slice's gate columns: one StepWeight
 // per run of gate rows (cpu::gate_rows), each writing its own columns of the output.
 template <typename T>
@@ -82,7 +98,7 @@ class InputGates {
         const int64_t step_bytes = B_ * GH_ * int64_t(sizeof(float));
         chunk_steps_ = std::clamp<int64_t>(
             std::max(kChunkBytes / step_bytes, (kMinRows + B_ - 1) / B_), 1, T_);
-        chunk_.resize(chunk_steps_ * B_ * GH_);
+        chunk_ = Scratch<float>(chunk_steps_ * B_ * GH_);
         projection_.emplace(a, d, slice);
         return;
       }
@@ -115,7 +131,7 @@ class InputGates {
   const T* gates_x_ = nullptr;
   std::optional<cpu::InputProjection> projection_;
   int64_t chunk_steps_ = 0, chunk_end_ = 0, first_t_ = 0;
-  std::vector<float> chunk_;  // [chunk_steps, B, G*H], the slice's columns written
+  Scratch<float> chunk_;  // [chunk_steps, B, G*H], the slice's columns written
 };
 
 // One direction's forward time loop: unit(s, i) runs step s of slice i; there are T units.
@@ -142,7 +158,7 @@ class ForwardLoop {
     if (proj_) {
       // m @ W_hr^T, W_hr [Hout, H]
       projection_.emplace(a.w_hr.data_ptr<T>() + d * Hout_ * H_, H_, Hout_, H_, true);
-      m_.resize(B_ * H_);
+      m_ = Scratch<T>(B_ * H_);
     }
   }
 
@@ -217,13 +233,13 @@ class ForwardLoop {
   const T* b_hh_;     // [G*H] or null
   T* c_;              // [B, H] cell state (LSTM), or null
   T* reserve_;        // [T, B, D, R], or null in inference
-  std::vector<T> h_spare_;  // [B, Hout] the second h buffer
+  Scratch<T> h_spare_;  // [B, Hout] the second h buffer
   T* h_buf_[2];
-  std::vector<T> gates_h_;  // [B, G*H] h @ W_hh^T of this step, each slice its own columns
+  Scratch<T> gates_h_;  // [B, G*H] h @ W_hh^T of this step, each slice its own columns
   std::vector<SliceWeight<T>> recurrent_;        // per slice
   std::vector<InputGates<T>> gates_x_;           // per slice
   std::optional<StepWeight<T>> projection_;      // W_hr (LSTM with proj_size)
-  std::vector<T> m_;                             // [B, H] o * tanh(c), before projection
+  Scratch<T> m_;                                 // [B, H] o * tanh(c), before projection
 };
 
 // One direction's backward time loop, in units: unit u first finishes step u-1 (its slice's
@@ -349,8 +365,8 @@ class BackwardLoop {
   const bool proj_;
   const Lengths len_;
   const int64_t max_len_;
-  std::vector<T> dh_step_;  // [B, Hout] total dLoss/dh of this step (no projection)
-  std::vector<T> dm_;       // [B, H] that gradient through W_hr (projection)
+  Scratch<T> dh_step_;  // [B, Hout] total dLoss/dh of this step (no projection)
+  Scratch<T> dm_;       // [B, H] that gradient through W_hr (projection)
   std::vector<StepWeight<T>> recurrent_;     // per slice: W_hh[:, its units]
   std::optional<StepWeight<T>> projection_;  // W_hr
 };
