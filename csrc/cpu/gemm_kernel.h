@@ -21,12 +21,12 @@
 //   row (B = 1, a matrix-vector product) takes 8 panels at once.
 // The left operand is read in place when its rows are contiguous. A left operand read across
 // its storage (a_col != 1: dgates^T for a weight gradient, whose k-th column lies a whole
-// dgates row further on) is first copied, one row block and K-block at a time, into a
-// contiguous [kc][rows] buffer: read in place, every k of a tile touched a new page, and each
-// tile of the N-block paid those misses again.
+// dgates row further on) is first copied, a K-block of all its rows at a time, into
+// contiguous row blocks: read in place, every k of a tile touched a new page (and a new
+// DRAM line), and each tile of every N-block paid those misses again.
 //
 // No include guard on purpose: each of the two files includes it once, after including
-// <algorithm>, <cstdint> and gemm.h ahead of its target pragma.
+// <algorithm>, <cstdint>, <vector> and gemm.h ahead of its target pragma.
 
 namespace birnn::cpu::BIRNN_SIMD_NS {
 namespace {
@@ -114,9 +114,32 @@ void run_rows(int64_t rows, const Block& b) {
   row_block<R>(b);
 }
 
+// Copies A[:, k0 : k0 + kc] (a at k0; A[m][k] = a[m * a_row + k * a_col]) into
+// out[m / rows_per_block][k][m % rows_per_block]. When a_row == 1 (dgates^T: the rows of A are
+// side by side in each row of storage) every k is one sequential read of the storage row.
+void pack_a_block(int64_t M, int64_t kc, const float* a, int64_t a_row, int64_t a_col,
+                  int64_t rows_per_block, float* out) {
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* src = a + k * a_col;
+    for (int64_t m0 = 0; m0 < M; m0 += rows_per_block) {
+      const int64_t rows = std::min(rows_per_block, M - m0);
+      float* dst = out + m0 * kc + k * rows_per_block;
+      if (a_row == 1) {
+        const typename V::Mask mask = V::mask_of(rows);
+        V::store_masked(dst, mask, V::load_masked(mask, src + m0));
+      } else {
+        for (int64_t r = 0; r < rows; ++r) dst[r] = src[(m0 + r) * a_row];
+      }
+    }
+  }
+}
+
+// The GEMM in row blocks of kRows; a_pack (M rounded up to kRows, times min(K, kKBlock)
+// floats) holds A's K-block when a_col != 1, else it is null.
 template <int kRows>
 void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_t a_col,
-               const float* panels, const float* bias, float beta, float* c, int64_t ldc) {
+               const float* panels, const float* bias, float beta, float* c, int64_t ldc,
+               float* a_pack) {
   const int64_t num_panels = (N + kW - 1) / kW;
   const typename V::Mask tail_mask = V::mask_of(N - (num_panels - 1) * kW);
   if (K == 0) {  // nothing to multiply: C = beta * C + bias
@@ -125,16 +148,14 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, i
         c[m * ldc + n] = (beta != 0.f ? c[m * ldc + n] : 0.f) + (bias ? bias[n] : 0.f);
     return;
   }
-  float a_block[kRows * kKBlock];  // a row block of A, [kc][rows], when a_col != 1
   for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
     const int64_t kc = std::min(kKBlock, K - k0);
+    if (a_pack) pack_a_block(M, kc, a + k0 * a_col, a_row, a_col, kRows, a_pack);
     const int64_t block_panels =
         std::max<int64_t>(1, kPanelBlockBytes / (kc * kW * int64_t(sizeof(float))));
     for (int64_t p0 = 0; p0 < num_panels; p0 += block_panels) {
       Block b;
       b.kc = kc;
-      b.a_row = a_row;
-      b.a_col = a_col;
       b.panels = panels + p0 * K * kW + k0 * kW;
       b.panel_stride = K * kW;
       b.p0 = p0;
@@ -144,25 +165,12 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, i
       b.ldc = ldc;
       b.accumulate = k0 > 0 || beta != 0.f;
       b.bias = k0 == 0 ? bias : nullptr;
+      b.a_row = a_pack ? 1 : a_row;
+      b.a_col = a_pack ? kRows : 1;
       for (int64_t m0 = 0; m0 < M; m0 += kRows) {
-        const int64_t rows = std::min<int64_t>(kRows, M - m0);
-        b.a = a + m0 * a_row + k0 * a_col;
-        if (a_col != 1) {
-          if (a_row == 1) {  // the rows of a column are side by side: one vector per k
-            const typename V::Mask mask = V::mask_of(rows);
-            for (int64_t k = 0; k < kc; ++k) {
-              V::store_masked(a_block + k * rows, mask, V::load_masked(mask, b.a + k * a_col));
-            }
-          } else {
-            for (int64_t k = 0; k < kc; ++k)
-              for (int64_t r = 0; r < rows; ++r) a_block[k * rows + r] = b.a[r * a_row + k * a_col];
-          }
-          b.a = a_block;
-          b.a_row = 1;
-          b.a_col = rows;
-        }
+        b.a = a_pack ? a_pack + m0 * kc : a + m0 * a_row + k0;
         b.c = c + m0 * ldc;
-        run_rows<kRows>(rows, b);
+        run_rows<kRows>(std::min<int64_t>(kRows, M - m0), b);
       }
     }
   }
@@ -171,10 +179,15 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, i
 void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_t a_col,
           const float* panels, const float* bias, float beta, float* c, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  if (M <= V::kSmallRows) {
-    gemm_rows<V::kSmallRowBlock>(M, N, K, a, a_row, a_col, panels, bias, beta, c, ldc);
+  const int64_t rows = M <= V::kSmallRows ? V::kSmallRowBlock : V::kRowBlock;
+  // A left operand read across its storage is copied one K-block at a time (all its rows)
+  // into [row block][kc][rows], so each row block's tiles read it contiguously.
+  std::vector<float> a_pack(a_col != 1 ? size_t((M + rows - 1) / rows * rows * std::min(K, kKBlock)) : 0);
+  float* pack = a_col != 1 ? a_pack.data() : nullptr;
+  if (rows == V::kSmallRowBlock) {
+    gemm_rows<V::kSmallRowBlock>(M, N, K, a, a_row, a_col, panels, bias, beta, c, ldc, pack);
   } else {
-    gemm_rows<V::kRowBlock>(M, N, K, a, a_row, a_col, panels, bias, beta, c, ldc);
+    gemm_rows<V::kRowBlock>(M, N, K, a, a_row, a_col, panels, bias, beta, c, ldc, pack);
   }
 }
 
