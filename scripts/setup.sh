@@ -44,4 +44,6 @@ pth = os.path.join(sysconfig.get_paths()["purelib"], "birnn_ext_checkout.pth")
 with open(pth, "w") as f:
     f.write(sys.argv[1] + "\n")
 EOF
-"$PY" -m birnn_ext.info
+# One line that proves the import works; `python -m birnn_ext.info` tells the whole story.
+"$PY" -c 'import birnn_ext as b; print(f"birnn_ext {b.__version__} ready: backend", b.get_backend(),
+          "| CPU kernel path", b.kernel_path("cpu"), "| details: python -m birnn_ext.info")'
