@@ -21,7 +21,6 @@ import torch
 from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BUSY = 0.1  # foreign_cpu above this marks a CPU row as measured on a busy machine
 sys.path.insert(1, os.path.dirname(HERE))  # the repository root: measure the checkout's birnn_ext
 
 import cases
@@ -184,10 +183,10 @@ def main(argv=None):
     print(f"{len(rows)} configurations in {elapsed:.0f} s; device {info['name']}"
           + (f", {args.threads} threads" if args.threads else "")
           + f"; load average {load['start']} at start, {load['end']} at end")
-    busy = [r for r in rows if (r["foreign_cpu"] or 0) > BUSY]
+    busy = [r for r in rows if (r["foreign_cpu"] or 0) > timing.BUSY]
     if args.device == "cpu" and busy:
         print(f"warning: in {len(busy)} of {len(rows)} rows other processes used more than "
-              f"{BUSY:.0%} of the CPUs (column busy%): those timings are not a clean "
+              f"{timing.BUSY:.0%} of the CPUs (column busy%): those timings are not a clean "
               "measurement; rerun on a quiet machine", file=sys.stderr)
     print(f"wrote {path}, {path[:-5]}.csv" + (f", {png}" if png else ""))
     return 0 if all(r["status"] == "ok" for r in rows) else 1

@@ -16,6 +16,10 @@ import time
 
 import torch
 
+# ForeignLoad above this (other processes took more than 10% of all cores) marks a CPU timing
+# as taken on a busy machine: run.py and scripts/demo.py warn.
+BUSY = 0.1
+
 PROTOCOL = {  # the minimums; the command line may raise them, never lower them
     "cpu": dict(warmup=2, min_reps=7),
     "cuda": dict(warmup=10, min_reps=50),
