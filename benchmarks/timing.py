@@ -1,4 +1,4 @@
-"""Timing of two sides interleaved (A B A B ...), per shared/BENCHMARKS.md.
+"""Timing of two sides interleaved (A B A B ...), per the protocol in benchmarks/README.md.
 
 CPU: time.perf_counter around each run; warm-up 2 runs each, then at least 7 timed runs each.
 GPU: CUDA events around each run, the stream drained before each so a run's time includes its
