@@ -1,4 +1,4 @@
-"""The benchmark grids of shared/BENCHMARKS.md, as lists of Config.
+"""The benchmark grids of the protocol (benchmarks/README.md), as lists of Config.
 
 A grid is a set of axes (cell, mode, dtype, T, B, H, layers, bidirectional, varlen); the
 configurations are their product, with I = H. The fastrnns default configuration is added to

@@ -1,12 +1,13 @@
-"""The record of a run (schema 1 of shared/BENCHMARKS.md): device, commit, rows; written as JSON
-and CSV, and printed as a table with a short summary."""
+"""The record of a run (schema 1, described in benchmarks/README.md): device, commit, rows;
+written as JSON and CSV (after every row, each file replaced whole), and printed as a table
+with a short summary."""
 
 import csv
 import datetime
+import io
 import json
 import math
 import os
-import platform
 import re
 import subprocess
 
@@ -35,21 +36,15 @@ def commit():
     return sha + ("-dirty" if changes else "")
 
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def device_info(device, threads):
     if device == "cpu":
-        return {"kind": "cpu", "name": _cpu_name(), "torch": torch.__version__, "cuda": None,
-                "cudnn": None, "driver": None, "threads": threads, "cores": os.cpu_count()}
+        # The machine as birnn_ext's diagnostic names it (python -m birnn_ext.info): results
+        # differ by ISA, and readme_table.py makes one table per CPU model and ISA.
+        from birnn_ext import info
+
+        return {"kind": "cpu", "name": info.cpu_model(), "torch": torch.__version__,
+                "cuda": None, "cudnn": None, "driver": None, "threads": threads,
+                "cores": os.cpu_count(), "isa": info.cpu_isa()}
     driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
     return {"kind": "cuda", "name": torch.cuda.get_device_name(), "torch": torch.__version__,
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
@@ -83,17 +78,33 @@ def tests_block(path):
     return block
 
 
+def row_name(row):
+    """'LSTM infer B=8 H=512', with T, dtype and the other axes only where they are not the
+    grids' usual (float32, bidirectional, 1 layer, padded)."""
+    name = f"{row['cell']} {row['mode']} T={row['T']} B={row['B']} H={row['H']}"
+    extras = [row["dtype"] if row["dtype"] != "float32" else "",
+              "uni" if not row["bidirectional"] else "",
+              f"{row['layers']} layers" if row["layers"] != 1 else "",
+              "varlen" if row["varlen"] else ""]
+    return " ".join([name] + [e for e in extras if e])
+
+
 def summary(rows):
-    """Geometric-mean speedup (all rows, and B <= 8) and the minimum speedup, over ok rows."""
+    """Over ok rows: geometric-mean speedup (all, B <= 8, the LSTM alone at B <= 8), the lowest
+    speedup and its row; and the largest foreign_cpu over all rows."""
     ok = [r for r in rows if r["status"] == "ok" and r["speedup"]]
 
     def gmean(xs):
         return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
+    lowest = min(ok, key=lambda r: r["speedup"], default=None)
     return {"ok_rows": len(ok), "rows": len(rows),
             "geomean_speedup": gmean([r["speedup"] for r in ok]),
             "geomean_speedup_B_le_8": gmean([r["speedup"] for r in ok if r["B"] <= 8]),
-            "min_speedup": min((r["speedup"] for r in ok), default=None),
+            "geomean_speedup_LSTM_B_le_8": gmean([r["speedup"] for r in ok
+                                                  if r["B"] <= 8 and r["cell"] == "LSTM"]),
+            "min_speedup": lowest and lowest["speedup"],
+            "min_row": lowest and row_name(lowest),
             "max_foreign_cpu": max((r["foreign_cpu"] for r in rows
                                     if r.get("foreign_cpu") is not None), default=None)}
 
@@ -113,17 +124,25 @@ def build(device, info, command, tests_json, rows, grid, impl):
     }
 
 
+def _replace(path, text):
+    """Writes `path` through a temporary file in the same folder and a rename: the record is
+    rewritten after every row, and a run killed mid-write must still leave a whole file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write(record, out_dir, stem):
-    """<out_dir>/<stem>.json and .csv; returns the JSON path."""
+    """<out_dir>/<stem>.json and .csv, each replaced whole; returns the JSON path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, stem + ".json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(out_dir, stem + ".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(record["rows"])
+    _replace(path, json.dumps(record, indent=1) + "\n")
+    rows = io.StringIO()
+    writer = csv.DictWriter(rows, fieldnames=ROW_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(record["rows"])
+    _replace(os.path.join(out_dir, stem + ".csv"), rows.getvalue())
     return path
 
 
@@ -156,5 +175,7 @@ def table(rows, default_key):
                  "(0 on a quiet machine)")
     lines.append(f"ok rows {s['ok_rows']}/{s['rows']}; speedup = torch ms / birnn ms; geomean "
                  f"{_num(s['geomean_speedup'], '.3f')}, geomean B<=8 "
-                 f"{_num(s['geomean_speedup_B_le_8'], '.3f')}, min {_num(s['min_speedup'], '.3f')}")
+                 f"{_num(s['geomean_speedup_B_le_8'], '.3f')}, LSTM B<=8 "
+                 f"{_num(s['geomean_speedup_LSTM_B_le_8'], '.3f')}, min "
+                 f"{_num(s['min_speedup'], '.3f')}" + (f" ({s['min_row']})" if s["min_row"] else ""))
     return "\n".join(lines)

@@ -1,11 +1,14 @@
-"""birnn_ext against torch.nn, per shared/BENCHMARKS.md: a grid of configurations, each checked for
-correctness and then timed interleaved; writes <out>/<date>-<device>.json, .csv and .png.
+"""birnn_ext against torch.nn, following the protocol in benchmarks/README.md: a grid of
+configurations, each checked for correctness and then timed interleaved; writes
+<out>/<date>-<device>.json and .csv (rewritten after every configuration, so a run that is
+killed keeps what it measured) and, at the end, the .png.
 
     python benchmarks/run.py --device cpu --grid quick --out benchmarks/results
     python benchmarks/run.py --device cuda --grid standard --out OUTDIR --tests-json tests.json
     python benchmarks/run.py --device cpu --grid cpu-issue          # the issue's CPU table
     python benchmarks/run.py --device cpu --cell LSTM --B 1,8 --mode train --varlen
     python benchmarks/run.py --device cpu --self-test               # torch.nn vs itself (A/A)
+    python benchmarks/run.py --device cuda --max-seconds 480        # stop between rows at 8 min
 
 Axis options (--cell, --dtype, --B, ...) replace that axis of the grid; see benchmarks/README.md.
 """
@@ -21,7 +24,10 @@ import torch
 from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BUSY = 0.1  # foreign_cpu above this marks a CPU row as measured on a busy machine
+# The clock of --max-seconds, a name of its own so a test can run the budget on a fake clock.
+clock = time.monotonic
+# The record's `incomplete.reason` while the run goes on (the record is rewritten every row).
+RUNNING = "still running when written: a run killed here keeps the rows above, not these"
 sys.path.insert(1, os.path.dirname(HERE))  # the repository root: measure the checkout's birnn_ext
 
 import cases
@@ -85,6 +91,9 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, help="warm-up runs per side (at least the protocol's)")
     p.add_argument("--min-reps", type=int, help="timed runs per side, at least (idem)")
     p.add_argument("--max-reps", type=int, help="timed runs per side, at most")
+    p.add_argument("--max-seconds", type=float,
+                   help="stop between configurations once this many seconds have passed; the "
+                        "record lists the configurations not run under `incomplete`")
     p.add_argument("--list", action="store_true", help="print the configurations and exit")
     args = p.parse_args(argv)
     args.grid = args.grid or grids.DEFAULT_GRID[args.device]
@@ -161,36 +170,68 @@ def main(argv=None):
         print(f"warning: load average {load_start:.1f} on {os.cpu_count()} cores: other work "
               "competes for the CPU and the timings will show it", file=sys.stderr)
 
-    started = time.perf_counter()
-    rows = []
-    bar = tqdm(configs, desc=f"{args.grid} on {args.device}", unit="cfg")
-    for config in bar:
-        bar.set_postfix_str(config.key())
-        rows.append(measure(config, args, impl, bar))
-    elapsed = time.perf_counter() - started
-    info["load_avg_1min"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}
-
     command = "python " + shlex.join([sys.argv[0]] + list(argv))
-    rec = record.build(args.device, info, command, args.tests_json, rows, args.grid, impl)
-    rec["elapsed_s"] = round(elapsed, 1)
+    rec = record.build(args.device, info, command, args.tests_json, [], args.grid, impl)
     stem = args.name or _stem(args, info, filters, rec["date"][:10])
-    path = record.write(rec, args.out, stem)
-    png = plot.plot(rows, os.path.join(args.out, stem + ".png"),
+    started = clock()
+
+    def save(not_run, reason):
+        """Rewrites the record with the rows so far; `incomplete` says what was not measured."""
+        rec["summary"] = record.summary(rec["rows"])
+        rec["elapsed_s"] = round(clock() - started, 1)
+        info["load_avg_1min"] = {"start": round(load_start, 2),
+                                 "end": round(os.getloadavg()[0], 2)}
+        rec.pop("incomplete", None)
+        if not_run:
+            rec["incomplete"] = {"reason": reason, "not_run": len(not_run),
+                                 "not_run_configs": [c.key() for c in not_run]}
+        return record.write(rec, args.out, stem)
+
+    stop = run_grid(configs, args, impl, rec["rows"], save, started)
+    path = save(configs[len(rec["rows"]):], stop)
+    png = plot.plot(rec["rows"], os.path.join(args.out, stem + ".png"),
                     f"{rec['candidate']} vs torch.nn, {info['name']}, {args.grid} grid, "
                     f"commit {rec['commit'][:12]}")
+    report(rec, args, stop)
+    print(f"wrote {path}, {path[:-5]}.csv" + (f", {png}" if png else ""))
+    return 0 if all(r["status"] == "ok" for r in rec["rows"]) else 1
 
+
+def run_grid(configs, args, impl, rows, save, started):
+    """Measures the configurations in order into `rows`, saving the record after each one.
+    Returns None when all were measured, else why the run stopped early (--max-seconds passed,
+    checked between rows; or Ctrl-C, which loses only the row being measured)."""
+    save(configs, RUNNING)
+    with tqdm(configs, desc=f"{args.grid} on {args.device}", unit="cfg") as bar:
+        try:
+            for i, config in enumerate(bar):
+                if args.max_seconds is not None and clock() - started >= args.max_seconds:
+                    return (f"--max-seconds {args.max_seconds:g} reached after "
+                            f"{clock() - started:.0f} s")
+                bar.set_postfix_str(config.key())
+                rows.append(measure(config, args, impl, bar))
+                save(configs[i + 1:], RUNNING)
+        except KeyboardInterrupt:
+            return "interrupted (Ctrl-C)"
+    return None
+
+
+def report(rec, args, stop):
+    """The table, the summary and the warnings, at the end of a run."""
+    rows, info = rec["rows"], rec["device"]
     print(record.table(rows, lambda r: grids.is_fastrnns_default(_config_of(r))))
     load = info["load_avg_1min"]
-    print(f"{len(rows)} configurations in {elapsed:.0f} s; device {info['name']}"
+    print(f"{len(rows)} configurations in {rec['elapsed_s']:.0f} s; device {info['name']}"
           + (f", {args.threads} threads" if args.threads else "")
           + f"; load average {load['start']} at start, {load['end']} at end")
-    busy = [r for r in rows if (r["foreign_cpu"] or 0) > BUSY]
+    if stop:
+        print(f"stopped early, {stop}: {rec['incomplete']['not_run']} configurations not run "
+              "(listed in the record's `incomplete`)", file=sys.stderr)
+    busy = [r for r in rows if (r["foreign_cpu"] or 0) > timing.BUSY]
     if args.device == "cpu" and busy:
         print(f"warning: in {len(busy)} of {len(rows)} rows other processes used more than "
-              f"{BUSY:.0%} of the CPUs (column busy%): those timings are not a clean "
+              f"{timing.BUSY:.0%} of the CPUs (column busy%): those timings are not a clean "
               "measurement; rerun on a quiet machine", file=sys.stderr)
-    print(f"wrote {path}, {path[:-5]}.csv" + (f", {png}" if png else ""))
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
 def _config_of(row):

@@ -1,4 +1,4 @@
-"""Timing of two sides interleaved (A B A B ...), per shared/BENCHMARKS.md.
+"""Timing of two sides interleaved (A B A B ...), per the protocol in benchmarks/README.md.
 
 CPU: time.perf_counter around each run; warm-up 2 runs each, then at least 7 timed runs each.
 GPU: CUDA events around each run, the stream drained before each so a run's time includes its
@@ -15,6 +15,10 @@ import statistics
 import time
 
 import torch
+
+# ForeignLoad above this (other processes took more than 10% of all cores) marks a CPU timing
+# as taken on a busy machine: run.py and scripts/demo.py warn.
+BUSY = 0.1
 
 PROTOCOL = {  # the minimums; the command line may raise them, never lower them
     "cpu": dict(warmup=2, min_reps=7),

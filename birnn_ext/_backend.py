@@ -5,13 +5,17 @@ Backends: "cuda" (compiled module with CUDA kernels; its CPU kernels serve CPU t
 variable BIRNN_EXT_BACKEND=auto|cuda|cpp|python picks the first one; set_backend() changes it.
 "auto" takes the compiled module if it loads: the prebuilt birnn_ext._C, else a just-in-time
 build of csrc/ with torch.utils.cpp_extension.load, else the Python fallback, with one warning
-naming the backend in use whenever the prebuilt module was missing.
+naming the backend in use whenever the prebuilt module was missing. A value that names no
+backend, or one that is unavailable, makes `import birnn_ext` raise; `python -m
+birnn_ext.info` reports it instead.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
+import sys
 import warnings
 
 CHOICES = ("auto", "cuda", "cpp", "python")
@@ -23,6 +27,7 @@ _tried = False
 _load_note = "not loaded"
 _active: str | None = None
 _reason = ""
+_env_problem: str | None = None  # what is wrong with BIRNN_EXT_BACKEND, kept for info only
 
 
 def _jit_build():
@@ -117,11 +122,50 @@ def backend_reason() -> str:
 
 
 def _init_from_env():
-    requested = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    set_backend(requested)
+    """Applies BIRNN_EXT_BACKEND. A value that names no backend, or a backend that is not
+    available, raises (ValueError / RuntimeError) with what was set and what would work:
+    `import birnn_ext` fails with that error, since running on another backend than the one
+    asked for would go unnoticed. The one exception is `python -m birnn_ext.info`, which
+    Python can only start after importing this package: the diagnostic must run to report the
+    problem, so there the error is kept for env_problem() and the backend is chosen as by auto
+    (on Python 3.9, which lacks sys.orig_argv, info fails like the import)."""
+    global _env_problem
+    raw = os.environ.get(ENV_VAR, "")
+    requested = raw.strip().lower() or "auto"
+    valid = f"Valid values of {ENV_VAR}: {', '.join(CHOICES)} (unset means auto)."
+    error = None
+    if requested not in CHOICES:
+        error = ValueError(f"birnn_ext: {ENV_VAR}={raw!r} names no backend. {valid}")
+    else:
+        try:
+            set_backend(requested)
+        except RuntimeError as exc:  # the backend asked for is not available here
+            why = str(exc).removeprefix("birnn_ext: ")
+            error = RuntimeError(f"birnn_ext: {ENV_VAR}={raw!r}: {why}. {valid}")
+    if error is not None:
+        if not _starting_info():
+            raise error
+        _env_problem = str(error)
+        requested = "auto"
+        set_backend(requested)
     if requested == "auto" and _load_note != "prebuilt module birnn_ext._C":
         warnings.warn(f"birnn_ext: using the {_active!r} backend ({_load_note})",
                       RuntimeWarning, stacklevel=3)
+
+
+def _starting_info() -> bool:
+    """True while `python -m birnn_ext.info` imports this package before running info: Python
+    sets sys.argv[0] to "-m" while it locates the module, and sys.orig_argv (3.10+) ends with
+    the module's name (`-m birnn_ext.info`, `-mbirnn_ext.info`, `-Im birnn_ext.info`, ...)."""
+    argv = getattr(sys, "orig_argv", [])
+    return (sys.argv[:1] == ["-m"] and bool(argv)
+            and re.fullmatch(r"(-[a-zA-Z]*m)?birnn_ext\.info", argv[-1]) is not None)
+
+
+def env_problem() -> str | None:
+    """What is wrong with BIRNN_EXT_BACKEND (the error `import birnn_ext` raises), or None."""
+    get_backend()
+    return _env_problem
 
 
 def kernel_path(device="cpu") -> str:

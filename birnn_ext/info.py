@@ -1,9 +1,68 @@
-"""`python -m birnn_ext.info`: version, torch, compiled backends, the active one and why."""
+"""`python -m birnn_ext.info`: the machine (CPU model and ISA), birnn_ext's version, torch, the
+backends compiled in, the active one and why, and the kernel paths.
+
+It always runs. A bad BIRNN_EXT_BACKEND, which makes `import birnn_ext` raise, is reported
+first, the rest of the report shows what "auto" would pick, and the exit status is 2.
+cpu_model() and cpu_isa() also name the machine in benchmark records and in the demo.
+"""
+
+import os
+import platform
+import sys
 
 import torch
 
 import birnn_ext
 from birnn_ext import _backend
+
+# Variables that change which vector ISA torch, oneDNN, MKL or birnn_ext run (how an AVX2-only
+# CPU is emulated on an AVX-512 one), so a result can say how it ran.
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+           "BIRNN_EXT_CPU_SIMD")
+# The /proc/cpuinfo flags that decide which float32 kernels a CPU can run, narrow to wide.
+ISA_FLAGS = ("avx", "fma", "avx2", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+             "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+# torch dispatches to its AVX512 kernels only when all four are present, and to AVX2 with both.
+_LEVELS = (("AVX512", {"avx512f", "avx512dq", "avx512bw", "avx512vl"}),
+           ("AVX2", {"avx2", "fma"}), ("AVX", {"avx"}))
+
+
+def _cpuinfo_field(name):
+    """The value of the first `name : value` line of /proc/cpuinfo, or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "CPU"
+
+
+def cpu_isa() -> dict:
+    """The CPU's vector ISA as torch and the hardware see it:
+    "torch": torch.backends.cpu.get_cpu_capability() ("AVX512", "AVX2", "DEFAULT", ...), what
+    torch's own kernels run (ATEN_CPU_CAPABILITY can lower it);
+    "cpu": the widest of AVX512 / AVX2 / AVX the CPU's flags offer (None off x86 Linux);
+    "flags": the ISA_FLAGS present; "env": the ISA_ENV variables that are set."""
+    flags = set((_cpuinfo_field("flags") or "").split())
+    level = next((name for name, needed in _LEVELS if needed <= flags), None)
+    return {"torch": torch.backends.cpu.get_cpu_capability(), "cpu": level,
+            "flags": " ".join(f for f in ISA_FLAGS if f in flags),
+            "env": {name: os.environ[name] for name in ISA_ENV if name in os.environ}}
+
+
+def describe_isa(isa: dict) -> str:
+    """One line: 'torch AVX512; CPU flags AVX512 (avx fma ...)', plus any ISA variables set."""
+    text = f"torch {isa['torch']}; CPU flags {isa['cpu'] or '-'} ({isa['flags'] or 'none'})"
+    if isa["env"]:
+        text += "; " + " ".join(f"{k}={v}" for k, v in isa["env"].items())
+    return text
 
 
 def report() -> str:
@@ -14,7 +73,15 @@ def report() -> str:
         compiled.insert(0, "cpp")
         if info.get("cuda"):
             compiled.insert(0, "cuda")
-    lines = [
+    lines = []
+    problem = _backend.env_problem()
+    if problem:
+        lines += [f"PROBLEM          {problem}",
+                  "                 `import birnn_ext` raises this error; below is what "
+                  "BIRNN_EXT_BACKEND=auto would use.", ""]
+    lines += [
+        f"CPU              {cpu_model()}, {os.cpu_count()} cores",
+        f"CPU ISA          {describe_isa(cpu_isa())}",
         f"birnn_ext        {birnn_ext.__version__}",
         f"torch            {torch.__version__} (CUDA {torch.version.cuda}, "
         f"GPU available: {torch.cuda.is_available()})",
@@ -30,3 +97,4 @@ def report() -> str:
 
 if __name__ == "__main__":
     print(report())
+    sys.exit(2 if _backend.env_problem() else 0)

@@ -81,6 +81,60 @@ def test_info_command():
     assert len(active) == 1 and birnn_ext.get_backend() in active[0]
 
 
+def _bad_settings():
+    """BIRNN_EXT_BACKEND values `import birnn_ext` must refuse here, with the error type."""
+    settings = [("bogus", ValueError), ("c++", ValueError)]
+    if not _backend.build_info().get("cuda"):  # a CPU-only build cannot honour "cuda"
+        settings.append(("cuda", RuntimeError))
+    return settings
+
+
+@pytest.mark.parametrize("value,error", _bad_settings())
+def test_bad_environment_value_fails_the_import_clearly(value, error):
+    result = _python("import birnn_ext", BIRNN_EXT_BACKEND=value)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(error.__name__ + ":"), result.stderr
+    assert f"BIRNN_EXT_BACKEND={value!r}" in last
+    assert "auto, cuda, cpp, python" in last   # what would work
+
+
+@pytest.mark.parametrize("value,error", _bad_settings())
+def test_info_reports_a_bad_environment_value(value, error):
+    """The diagnostic runs where the import fails: it names the problem, exits with status 2
+    and still reports the machine and what auto would pick."""
+    result = subprocess.run([sys.executable, "-m", "birnn_ext.info"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300,
+                            env=os.environ | {"PYTHONPATH": ROOT, "BIRNN_EXT_BACKEND": value})
+    assert result.returncode == 2, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("PROBLEM") and f"BIRNN_EXT_BACKEND={value!r}" in lines[0]
+    assert "auto, cuda, cpp, python" in lines[0]
+    expected = "cuda" if _backend.build_info().get("cuda") else "cpp"
+    assert any(line.startswith("active backend") and f" {expected} (auto" in line
+               for line in lines), result.stdout
+    assert any(line.startswith("CPU kernel path") for line in lines)
+
+
+def test_info_names_the_machine():
+    result = subprocess.run([sys.executable, "-m", "birnn_ext.info"], capture_output=True,
+                            text=True, cwd=ROOT, env=os.environ | {"PYTHONPATH": ROOT},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    from birnn_ext import info
+
+    isa = info.cpu_isa()
+    assert info.cpu_model() in result.stdout
+    assert f"torch {torch.backends.cpu.get_cpu_capability()}" in result.stdout
+    assert f"CPU kernel path  {birnn_ext.kernel_path('cpu')}" in result.stdout
+    assert not result.stdout.startswith("PROBLEM")
+    if isa["cpu"] is not None:   # x86 Linux: the flags torch's own choice rests on
+        assert isa["cpu"] in result.stdout
+        rank = {"DEFAULT": 0, "AVX": 0, "AVX2": 1, "AVX512": 2}
+        assert rank.get(isa["torch"], 0) <= rank[isa["cpu"]], \
+            f"torch runs {isa['torch']}, wider than the CPU flags' {isa['cpu']}"
+
+
 @pytest.mark.parametrize("name", ["cpp", "python"])
 def test_backward_under_a_dispatch_mode(name):
     """Forward and backward work under a TorchDispatchMode (as FlopCounterMode, debugging and
