@@ -65,6 +65,15 @@ def describe_isa(isa: dict) -> str:
     return text
 
 
+def _cpu_kernel_path() -> tuple[str, str | None]:
+    """The CPU kernel path, or a placeholder and the error that prevents choosing one (say a
+    bad BIRNN_EXT_CPU_SIMD, which every op call would also raise)."""
+    try:
+        return _backend.kernel_path("cpu"), None
+    except RuntimeError as exc:
+        return "-", str(exc)
+
+
 def report() -> str:
     info = _backend.build_info()
     active = birnn_ext.get_backend()
@@ -79,6 +88,10 @@ def report() -> str:
         lines += [f"PROBLEM          {problem}",
                   "                 `import birnn_ext` raises this error; below is what "
                   "BIRNN_EXT_BACKEND=auto would use.", ""]
+    kernel_path, kernel_problem = _cpu_kernel_path()
+    if kernel_problem:
+        lines += [f"PROBLEM          {kernel_problem}",
+                  "                 every CPU op call raises this error.", ""]
     lines += [
         f"CPU              {cpu_model()}, {os.cpu_count()} cores",
         f"CPU ISA          {describe_isa(cpu_isa())}",
@@ -88,7 +101,7 @@ def report() -> str:
         f"built against    torch {info.get('torch_version') or '-'}",
         f"backends built   {', '.join(compiled)}",
         f"active backend   {active} ({_backend.backend_reason()})",
-        f"CPU kernel path  {_backend.kernel_path('cpu')}",
+        f"CPU kernel path  {kernel_path}",
         f"CUDA archs       {info.get('cuda_archs') or '-'}"
         + (f" (CUDA {info['cuda_version']})" if info.get("cuda_version") else ""),
     ]
@@ -97,4 +110,4 @@ def report() -> str:
 
 if __name__ == "__main__":
     print(report())
-    sys.exit(2 if _backend.env_problem() else 0)
+    sys.exit(2 if _backend.env_problem() or _cpu_kernel_path()[1] else 0)

@@ -153,3 +153,15 @@ def test_backward_under_a_dispatch_mode(name):
     got = [x.grad] + [p.grad for p in model.parameters()]
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.skipif(_backend.build_info() == {}, reason="needs the compiled module")
+def test_info_reports_a_bad_cpu_simd_value():
+    """A bad BIRNN_EXT_CPU_SIMD fails every CPU op call; the diagnostic still runs, says so
+    and exits with status 2."""
+    result = subprocess.run([sys.executable, "-m", "birnn_ext.info"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300,
+                            env=os.environ | {"PYTHONPATH": ROOT, "BIRNN_EXT_CPU_SIMD": "sse9"})
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.startswith("PROBLEM") and "BIRNN_EXT_CPU_SIMD=sse9" in result.stdout
+    assert "CPU kernel path  -" in result.stdout
