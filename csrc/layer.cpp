@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "birnn.h"
+#include "cpu/memory.h"
 
 namespace birnn {
 namespace {
@@ -111,6 +112,7 @@ at::Tensor empty_for_driver(at::IntArrayRef sizes, const at::TensorOptions& opts
     return env != nullptr && env[0] == '1';
   }();
   at::Tensor t = at::empty(sizes, opts);
+  cpu::advise_huge_pages(t);
   if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
   return t;
 }

@@ -1,6 +1,8 @@
 // The per-ISA GEMM table and PackedMatrix (gemm.h).
 #include "gemm.h"
 
+#include "memory.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -25,6 +27,7 @@ const GemmIsa* gemm_for(Isa isa) {
 PackedMatrix::PackedMatrix(int64_t N, int64_t K) : isa_(gemm_for(cpu_isa())), N_(N), K_(K) {
   TORCH_INTERNAL_ASSERT(isa_ != nullptr, "birnn_ext: no SIMD GEMM on this CPU path");
   panels_ = at::empty({isa_->panel_floats(N, K)}, at::kFloat);
+  advise_huge_pages(panels_);
 }
 
 PackedMatrix::PackedMatrix(const float* w, int64_t ldw, int64_t N, int64_t K, bool transposed)

@@ -26,6 +26,7 @@
 #include "../birnn.h"
 #include "../register.h"
 #include "large_gemms.h"
+#include "memory.h"
 #include "pointwise.h"
 #include "step_team.h"
 #include "step_weight.h"
@@ -444,6 +445,7 @@ void backward_recurrence_cpu(const BackwardArgs& a) {
   const int parts = std::max<int>(1, at::get_num_threads() / int(D));
   // Direction 1's part of dx, summed into grad_input once both are done.
   const at::Tensor dx_1 = D == 2 ? at::empty_like(a.grad_input) : at::Tensor();
+  if (dx_1.defined()) cpu::advise_huge_pages(dx_1);
   cpu::run_tasks(int(D) * parts, [&](int task) {
     const int d = task / parts;
     cpu::backward_gemms(a, d, task % parts, parts, (d == 0 ? a.grad_input : dx_1).data_ptr<float>());
