@@ -26,7 +26,7 @@ struct V {
   // 16 registers: R*P accumulators + P weights + 1 broadcast (a single row takes its weights
   // as memory operands of the FMAs, so 8 chains fit). Tiles of 6 x 2 panels for large
   // products; a product of at most 8 rows (a small batch's step) is faster as tiles of
-  // 4 x 3 panels (100 against 90 GFLOP/s at 8 x 1024 x 256, benchmarks/NOTES.md).
+  // 4 x 3 panels (benchmarks/NOTES.md, CPU version 10).
   static constexpr int kRowBlock = 6, kSmallRowBlock = 4, kSmallRows = 8;
   static constexpr int max_panels(int R) { return R <= 1 ? 8 : R <= 2 ? 4 : R <= 4 ? 3 : 2; }
   static Reg zero() { return _mm256_setzero_ps(); }

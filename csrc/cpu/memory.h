@@ -2,8 +2,8 @@
 //
 // A training step allocates buffers of tens to hundreds of MiB (reserve, dgates, packed
 // activations) that torch's allocator takes fresh from the OS and returns after the call, so
-// every call pays one page fault per 4 KiB page on first touch (3-5% of an LSTM training step
-// at B = 64 in perf). Where transparent huge pages are enabled only on request (the usual
+// every call pays one page fault per 4 KiB page on first touch (benchmarks/NOTES.md, CPU
+// version 15). Where transparent huge pages are enabled only on request (the usual
 // "madvise" setting), asking for them before the first touch makes that one fault per 2 MiB.
 #pragma once
 

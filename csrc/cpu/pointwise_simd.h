@@ -7,9 +7,9 @@
 // float tanh of that width.
 //
 // Why 3.5 ulp for float: tanh is most of an LSTM's pointwise cost, and Sleef's 1-ulp tanh
-// (ATen's Vectorized::tanh) takes about 2.5x the cycles of the 3.5-ulp one (99 vs 40 per
-// 16 floats on Zen 4). 3.5 ulp (4e-7 relative) is far below the float32 rounding the
-// GEMMs' summation order already adds. double keeps the 1-ulp version.
+// (ATen's Vectorized::tanh) takes about 2.5 times the cycles of the 3.5-ulp one
+// (benchmarks/NOTES.md, CPU version 8). 3.5 ulp (4e-7 relative) is far below the float32
+// rounding the GEMMs' summation order already adds. double keeps the 1-ulp version.
 //
 // No include guard on purpose: each of the two files includes it once.
 #include "pointwise.h"

@@ -86,8 +86,8 @@ class SliceWeight {
 // when the driver runs the GEMMs for two directions (large_gemms.h), chunks of this
 // direction's steps that each slice projects for its own gate columns just before its time
 // loop reaches them. A chunk is small enough to stay in cache from the GEMM that writes it to
-// the steps that read it; a whole gates_x is not (52 MB at B = 64, H = 256) and came back
-// from memory at every step.
+// the steps that read it; a whole gates_x is not, and came back from memory at every step
+// (benchmarks/NOTES.md, CPU version 9).
 template <typename T>
 class InputGates {
  public:

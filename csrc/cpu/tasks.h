@@ -1,14 +1,12 @@
 // run_tasks(n, fn): fn(0) ... fn(n-1) concurrently on up to at::get_num_threads() threads,
-// each task on one thread with MKL single-threaded inside it. Used for the two directions
-// of a layer, and for splitting one large GEMM in row blocks.
+// each task on one thread with MKL single-threaded inside it. Used for the directions and
+// unit slices of a layer (step_team.h), and for splitting large GEMMs in row blocks.
 //
 // Which threads. torch's CPU build runs its parallel regions on a libgomp (OpenMP) team.
 // After a region ends, libgomp's idle workers keep spinning on their cores for a while
 // (milliseconds), waiting for the next one. A thread of our own on such a core shares it
-// with the spinning worker: measured on 2 cores (LSTM recurrence, B = 8, H = 256, T = 100),
-// the second direction on torch's inter-op pool made a bidirectional layer take 14.7 ms
-// against 6.4 ms for one direction, and 7.9 ms with OMP_WAIT_POLICY=passive. So the tasks
-// run on that same OpenMP team: we call libgomp's entry point for `#pragma omp parallel`
+// with the spinning worker, and the second direction took twice as long as the first
+// (benchmarks/NOTES.md, CPU version 7). So the tasks run on that same OpenMP team: we call libgomp's entry point for `#pragma omp parallel`
 // (GOMP_parallel) ourselves, bound weakly to the libgomp that libtorch_cpu loaded. This
 // file is not compiled with -fopenmp, which would link a second OpenMP runtime into the
 // process. Without libgomp (another OpenMP runtime, or none) the tasks beyond the first go
