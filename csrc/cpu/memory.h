@@ -3,7 +3,7 @@
 // A training step allocates buffers of tens to hundreds of MiB (reserve, dgates, packed
 // activations) that torch's allocator takes fresh from the OS and returns after the call, so
 // every call pays one page fault per 4 KiB page on first touch (benchmarks/NOTES.md, CPU
-// version 15). Where transparent huge pages are enabled only on request (the usual
+// version 14). Where transparent huge pages are enabled only on request (the usual
 // "madvise" setting), asking for them before the first touch makes that one fault per 2 MiB.
 #pragma once
 
