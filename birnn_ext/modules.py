@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import ops
+from . import _weights, ops
 
 _CELL_OF_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
 
@@ -110,13 +110,24 @@ class _FusedForward:
             return h0
         return h0, torch.zeros(*shape, self.hidden_size, dtype=like.dtype, device=like.device)
 
+    def flatten_parameters(self) -> None:
+        """Puts each weight's two direction parameters side by side in one block of memory,
+        so a layer's call reads both without copying them (torch.nn's version packs the
+        weights for cuDNN, which birnn_ext does not use). Called by torch.nn whenever the
+        parameters are created, moved or replaced; values and Parameter objects are kept."""
+        _weights.flatten_directions(self)
+
+    def __setstate__(self, state):
+        # copy.deepcopy and pickle rebuild each Parameter on its own storage.
+        super().__setstate__(state)
+        self.flatten_parameters()
+
     def _layer_weights(self, layer):
         """Layer `layer`'s weights stacked over directions: (w_ih, w_hh, b_ih, b_hh, w_hr)."""
         suffixes = ("", "_reverse") if self.bidirectional else ("",)
 
         def stacked(kind):
-            ws = [getattr(self, f"{kind}_l{layer}{s}") for s in suffixes]
-            return ws[0].unsqueeze(0) if len(ws) == 1 else torch.stack(ws)
+            return _weights.stacked([getattr(self, f"{kind}_l{layer}{s}") for s in suffixes])
 
         return (stacked("weight_ih"), stacked("weight_hh"),
                 stacked("bias_ih") if self.bias else None,
@@ -178,4 +189,5 @@ def convert(model: nn.Module) -> nn.Module:
         replacement = _REPLACEMENTS.get(type(module))
         if replacement is not None:
             module.__class__ = replacement
+            module.flatten_parameters()
     return model
