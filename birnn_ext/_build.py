@@ -8,6 +8,7 @@ loads this file by path, before birnn_ext is installed), and nothing here asks a
 except jit_archs(), which only the JIT build calls.
 
     python birnn_ext/_build.py cuda-home     # the CUDA toolkit found, or why none was
+    python birnn_ext/_build.py archs         # the CUDA archs setup.py builds for
 """
 
 from __future__ import annotations
@@ -135,6 +136,19 @@ def gencode_flags(archs: str) -> list[str]:
     return flags
 
 
+def describe_archs(archs: str) -> str:
+    """"8.0;9.0+PTX" -> "SASS sm_80 sm_90; PTX compute_90 (newer GPUs compile it at load)"."""
+    flags = gencode_flags(archs)
+    sass = [f.rsplit("code=", 1)[1] for f in flags if "code=sm_" in f]
+    ptx = [f.rsplit("code=", 1)[1] for f in flags if "code=compute_" in f]
+    text = "SASS " + " ".join(sass)
+    if ptx:
+        text += "; PTX " + " ".join(ptx) + " (newer GPUs compile it at load)"
+    else:
+        text += "; no PTX: GPUs newer than these have no kernel image"
+    return text
+
+
 def _nvidia_dirs(kind: str) -> list[str]:
     """include/ or lib/ folders of torch's nvidia pip packages (CUDA wheels of torch)."""
     dirs = []
@@ -203,4 +217,7 @@ if __name__ == "__main__":
         found, how = cuda_home()
         print(found if found else how)
         sys.exit(0 if found else 1)
-    sys.exit("usage: python birnn_ext/_build.py cuda-home")
+    if sys.argv[1:] == ["archs"]:  # what setup.py builds for
+        print(os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_ARCHS)
+        sys.exit(0)
+    sys.exit("usage: python birnn_ext/_build.py cuda-home|archs")

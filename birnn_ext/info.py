@@ -3,7 +3,7 @@
 import torch
 
 import birnn_ext
-from birnn_ext import _backend
+from birnn_ext import _backend, _build
 
 
 def report() -> str:
@@ -25,6 +25,13 @@ def report() -> str:
         f"CUDA archs       {info.get('cuda_archs') or '-'}"
         + (f" (CUDA {info['cuda_version']})" if info.get("cuda_version") else ""),
     ]
+    if info.get("cuda"):
+        lines.append(f"                 {_build.describe_archs(info['cuda_archs'])}")
+        try:
+            path = _backend.kernel_path("cuda")
+        except RuntimeError as exc:  # an unknown or unbuilt BIRNN_EXT_KERNEL says why
+            path = f"none: {exc}"
+        lines.append(f"CUDA kernel path {path} (BIRNN_EXT_KERNEL=standard|persistent|auto)")
     return "\n".join(lines)
 
 
