@@ -312,8 +312,9 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   }
   // An absent input's gradient is a fresh [0] tensor each: op outputs must not alias.
   auto none = [&] { return at::empty({0}, opts); };
-  at::Tensor grad_b_ih = has_bias ? args.dgates_x.sum({0, 1}) : none();
-  at::Tensor grad_b_hh = has_bias ? args.dgates_h.sum({0, 1}) : none();
+  // IntArrayRef named: a bare {0, 1} is ambiguous with sum(DimnameList) in torch < 2.13.
+  at::Tensor grad_b_ih = has_bias ? args.dgates_x.sum(at::IntArrayRef{0, 1}) : none();
+  at::Tensor grad_b_hh = has_bias ? args.dgates_h.sum(at::IntArrayRef{0, 1}) : none();
   at::Tensor grad_w_hr = none();
   if (proj) {
     // m = o * tanh(c) of every step, rebuilt from the reserve (zero past each length).
