@@ -25,7 +25,8 @@ import sys
 # "no kernel image is available".
 DEFAULT_ARCHS = "8.0;9.0+PTX"
 # The oldest torch whose headers this code builds against: at::Float32Op (the per-operator
-# TF32 flag read in csrc/cuda/common.cu) first appears in 2.10; 2.9 lacks it.
+# TF32 flag) and at::CuBLASReductionOption, both read in csrc/cuda/common.cu, first appear
+# in 2.10; 2.9 lacks both. (Every source was compiled against 2.10's and 2.11's headers.)
 TORCH_FLOOR = "2.10"
 
 
