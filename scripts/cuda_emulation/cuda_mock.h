@@ -62,30 +62,35 @@ inline void mock_write(void* p, cudaDataType_t t, int64_t i, double v) {
     default: static_cast<at::BFloat16*>(p)[i] = at::BFloat16(static_cast<float>(v));
   }
 }
-inline int cublasGemmEx(cublasHandle_t handle, cublasOperation_t op_a, cublasOperation_t op_b, int m,
-                        int n, int k, const void* alpha, const void* a, cudaDataType_t type_a,
+inline int cublasGemmEx(cublasHandle_t handle, cublasOperation_t op_a, cublasOperation_t op_b,
+                        int m, int n, int k, const void* alpha, const void* a, cudaDataType_t type_a,
                         int lda, const void* b, cudaDataType_t type_b, int ldb, const void* beta,
                         void* c, cudaDataType_t type_c, int ldc, cublasComputeType_t compute,
                         cublasGemmAlgo_t) {
   TORCH_CHECK(handle != nullptr && *handle > 0, "mock cuBLAS: handle never created");
   TORCH_CHECK(type_a == type_b, "mock cuBLAS: mixed input types");
-  TORCH_CHECK(type_c == type_a || (type_c == CUDA_R_32F && (type_a == CUDA_R_16F || type_a == CUDA_R_16BF)),
+  const bool half_in = type_a == CUDA_R_16F || type_a == CUDA_R_16BF;
+  TORCH_CHECK(type_c == type_a || (type_c == CUDA_R_32F && half_in),
               "mock cuBLAS: unsupported output type");
-  TORCH_CHECK((compute == CUBLAS_COMPUTE_64F) == (type_a == CUDA_R_64F), "mock cuBLAS: compute type");
-  TORCH_CHECK(compute != CUBLAS_COMPUTE_32F_FAST_TF32 || type_a == CUDA_R_32F, "mock cuBLAS: tf32 needs float");
+  TORCH_CHECK((compute == CUBLAS_COMPUTE_64F) == (type_a == CUDA_R_64F),
+              "mock cuBLAS: compute type");
+  TORCH_CHECK(compute != CUBLAS_COMPUTE_32F_FAST_TF32 || type_a == CUDA_R_32F,
+              "mock cuBLAS: tf32 needs float");
   TORCH_CHECK(m >= 0 && n >= 0 && k >= 0, "mock cuBLAS: negative size");
   TORCH_CHECK(lda >= std::max(1, op_a == CUBLAS_OP_N ? m : k), "mock cuBLAS: bad lda ", lda);
   TORCH_CHECK(ldb >= std::max(1, op_b == CUBLAS_OP_N ? k : n), "mock cuBLAS: bad ldb ", ldb);
   TORCH_CHECK(ldc >= std::max(1, m), "mock cuBLAS: bad ldc ", ldc);
   ++mock_gemm_calls;
-  const double al = compute == CUBLAS_COMPUTE_64F ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
-  const double be = compute == CUBLAS_COMPUTE_64F ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
+  const bool f64 = compute == CUBLAS_COMPUTE_64F;
+  const double al = f64 ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
+  const double be = f64 ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
   for (int j = 0; j < n; ++j) {
     for (int i = 0; i < m; ++i) {
       double acc = 0;
       for (int p = 0; p < k; ++p) {
-        const double av = mock_read(a, type_a, op_a == CUBLAS_OP_N ? i + int64_t(p) * lda : p + int64_t(i) * lda);
-        const double bv = mock_read(b, type_b, op_b == CUBLAS_OP_N ? p + int64_t(j) * ldb : j + int64_t(p) * ldb);
+        const int64_t ia = op_a == CUBLAS_OP_N ? i + int64_t(p) * lda : p + int64_t(i) * lda;
+        const int64_t ib = op_b == CUBLAS_OP_N ? p + int64_t(j) * ldb : j + int64_t(p) * ldb;
+        const double av = mock_read(a, type_a, ia), bv = mock_read(b, type_b, ib);
         acc += av * bv;
       }
       const int64_t at_ = i + int64_t(j) * ldc;
