@@ -82,24 +82,33 @@ def to(x, device, dtype, lengths_device):
     return x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
 
 
-def configurations(T, B):
-    """(cell, directions, proj, lengths, dtype, where the lengths live)."""
-    mixed = [T, 3, 0, 1] + [1 + (3 * b) % T for b in range(4, B)]
-    short = [T - 2, 1, T - 3, 2] + [1 + b % (T - 2) for b in range(4, B)]
+def lengths_of(kind, T, B):
+    """mixed: a full, a zero and other lengths; short: every sequence shorter than T."""
+    if kind == "mixed":
+        return [T, 3, 0, 1] + [1 + (3 * b) % T for b in range(4, B)]
+    return [T - 2, 1, T - 3, 2] + [1 + b % (T - 2) for b in range(4, B)]
+
+
+def configurations(T, quick):
+    """(cell, directions, proj, batch, lengths, dtype, where the lengths live). Small batches
+    keep the sanitizers fast; one layer has more sequences than the 448 lengths one upload
+    kernel carries (unless quick)."""
+    yield "gru", 2, 0, 8 if quick else 454, lengths_of("mixed", T, 8 if quick else 454), \
+        torch.float32, "cpu"
     for cell, proj in (("lstm", 0), ("lstm", 4), ("gru", 0), ("rnn_tanh", 0), ("rnn_relu", 0)):
         for dtype in (torch.float32, torch.float64):
-            yield cell, 2, proj, mixed, dtype, "cpu"
-        yield cell, 1, proj, short, torch.float32, "cpu"
+            yield cell, 2, proj, 8, lengths_of("mixed", T, 8), dtype, "cpu"
+        yield cell, 1, proj, 8, lengths_of("short", T, 8), torch.float32, "cpu"
         if cell != "rnn_relu":  # relu's derivative flips where rounding moves a zero crossing
-            yield cell, 2, proj, short, torch.float16, "device"
-            yield cell, 2, proj, None, torch.bfloat16, "cpu"
+            yield cell, 2, proj, 8, lengths_of("short", T, 8), torch.float16, "device"
+            yield cell, 2, proj, 8, None, torch.bfloat16, "cpu"
 
 
 def main(argv=None):
     args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     args.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args.add_argument("--quick", action="store_true",
-                      help="8 sequences instead of 454 (a dry run's plumbing)")
+                      help="no layer of 454 sequences (a dry run's plumbing)")
     args.add_argument("library", nargs="?")
     opts = args.parse_args(argv)
     ops = load_ops(opts.library)
@@ -113,9 +122,8 @@ def main(argv=None):
         stream_ctx = contextlib.nullcontext()
     gen = torch.Generator().manual_seed(0)
     T, I, H = 6, 5, 8
-    B = 8 if opts.quick else 4 + 450  # more than the 448 lengths one upload kernel carries
     failures = 0
-    for cell, D, proj, lengths, dtype, lengths_where in configurations(T, B):
+    for cell, D, proj, B, lengths, dtype, lengths_where in configurations(T, opts.quick):
         a = layer_inputs(cell, D, T, B, I, H, proj, lengths, gen)
         Hout = proj or H
         grads = dict(grad_output=torch.randn(T, B, D * Hout, generator=gen, dtype=torch.float64),
@@ -136,7 +144,7 @@ def main(argv=None):
             worst = max(worst, err if err == err else float("inf"))  # NaN counts as inf
         ok = worst <= TOLERANCE[dtype]
         failures += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {cell:8s} D={D} proj={proj} {str(dtype):15s} "
+        print(f"{'ok  ' if ok else 'FAIL'} {cell:8s} D={D} B={B:3d} proj={proj} {str(dtype):15s} "
               f"lengths={'none' if lengths is None else lengths_where:6s} "
               f"max rel err vs float64 CPU {worst:.2e}")
     print("sanitize_small:", "all results agree with the CPU" if failures == 0
