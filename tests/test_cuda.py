@@ -365,3 +365,23 @@ def test_kernel_switch_reaches_the_layer(monkeypatch):
     monkeypatch.setenv("BIRNN_EXT_KERNEL", "persistent")
     with pytest.raises(RuntimeError, match="not part of this build"):
         ours(x)
+
+
+def test_threads_one_after_another_reuse_their_streams_and_handles():
+    """Each thread's direction streams, cuBLAS handles and workspaces pass to the next thread
+    when it exits: threads that run one after another hold no more device memory than one."""
+    _, ours = make_pair("gru", bidirectional=True, dtype=torch.float32, device="cuda")
+    x = torch.randn(5, 3, 5, device="cuda")
+
+    def call():
+        with torch.no_grad():
+            ours(x)
+        torch.cuda.synchronize()
+
+    memory = []
+    for _ in range(4):
+        thread = threading.Thread(target=call)
+        thread.start()
+        thread.join()
+        memory.append(torch.cuda.memory_allocated())
+    assert memory[1:] == memory[:1] * 3, memory

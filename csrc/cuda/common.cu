@@ -4,7 +4,7 @@
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "common.cuh"
@@ -55,10 +55,49 @@ DirectionContext* make_context(c10::DeviceIndex device) {
   return ctx;
 }
 
+// Contexts of threads that have exited, per device, for later threads to take over, so the
+// device memory they hold (two cuBLAS workspaces each) stays bounded by the most threads that
+// ever ran layers at the same time. Never destroyed: no CUDA call runs at exit.
+struct ContextPool {
+  std::mutex mutex;
+  std::vector<std::vector<DirectionContext*>> idle{
+      static_cast<size_t>(c10::cuda::device_count())};
+};
+
+ContextPool& context_pool() {
+  static auto* pool = new ContextPool;
+  return *pool;
+}
+
+// A thread's contexts, handed back to the pool when the thread exits. A context from the pool
+// is safe to reuse: its streams order a new call's work after the old thread's.
+struct ThreadContexts {
+  std::vector<DirectionContext*> per_device =
+      std::vector<DirectionContext*>(c10::cuda::device_count(), nullptr);
+  ~ThreadContexts() {
+    ContextPool& pool = context_pool();
+    const std::lock_guard<std::mutex> lock(pool.mutex);
+    for (size_t d = 0; d < per_device.size(); ++d) {
+      if (per_device[d] != nullptr) pool.idle[d].push_back(per_device[d]);
+    }
+  }
+};
+
 DirectionContext& direction_context(c10::DeviceIndex device) {
-  thread_local auto* per_device = new std::vector<DirectionContext*>(c10::cuda::device_count());
-  DirectionContext*& ctx = per_device->at(device);
-  if (ctx == nullptr) ctx = make_context(device);
+  thread_local ThreadContexts mine;
+  DirectionContext*& ctx = mine.per_device.at(device);
+  if (ctx == nullptr) {
+    ContextPool& pool = context_pool();
+    {
+      const std::lock_guard<std::mutex> lock(pool.mutex);
+      std::vector<DirectionContext*>& idle = pool.idle.at(device);
+      if (!idle.empty()) {
+        ctx = idle.back();
+        idle.pop_back();
+      }
+    }
+    if (ctx == nullptr) ctx = make_context(device);
+  }
   return *ctx;
 }
 

@@ -10,7 +10,7 @@
 //
 // Direction streams. Each host thread draws two streams from PyTorch's pool once per device
 // and keeps them, with one cuBLAS handle and workspace per direction bound to its stream
-// (DirectionContext). A call forks both streams from the current one with an event, binds each
+// (DirectionContext); a thread that exits hands its context on to the next new thread. A call forks both streams from the current one with an event, binds each
 // handle to its stream ONCE, issues its work, and joins back with events (DirectionFork), even
 // when it throws. Fresh pool streams per call would pile up cuBLAS workspaces (one per handle
 // and stream); torch's own handle is one per thread, so two directions issued from one thread
@@ -178,8 +178,8 @@ void gemm_nn(cublasHandle_t handle, const GemmPrecision& prec, int64_t M, int64_
 // direction streams
 
 // One host thread's streams, events, cuBLAS handles and workspaces for one device (see the
-// top of the file). Made once, kept for the life of the thread, never freed (so nothing is
-// destroyed while CUDA shuts down at exit).
+// top of the file). Made once, kept for the life of the thread, then handed to a later thread
+// (common.cu); never freed, so nothing is destroyed while CUDA shuts down at exit.
 struct DirectionContext {
   std::array<c10::cuda::CUDAStream, 2> streams;
   std::array<cublasHandle_t, 2> handles{};
