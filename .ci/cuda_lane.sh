@@ -6,20 +6,23 @@
 #   1. its own venv with the CUDA build of torch (default 2.13.0) + ninja pybind11 pytest numpy
 #   2. CUDA_HOME = the real toolkit behind nvcc (the TOP= line of `nvcc --dryrun`)
 #   3. `pip wheel` of a clean copy of the source (the checkout's build/ stays untouched)
-#   4. cuobjdump --list-elf on the wheel's _C: one cubin per arch of TORCH_CUDA_ARCH_LIST
+#   4. cuobjdump on the wheel's _C: one cubin per arch, and PTX for each arch marked +PTX
+#      (the archs setup.py builds for: TORCH_CUDA_ARCH_LIST, default birnn_ext/_build.py's)
 #   5. install the wheel, import birnn_ext._C from outside the source tree, print build_info()
 #   6. the CPU test suite (pytest -m "not cuda") against the INSTALLED wheel
 #
 # Environment: CUDA_LANE_DIR (work folder; default $TMPDIR/birnn-cuda-lane, reused between runs
 # so the venv and pip's cache are downloaded once), TORCH_VERSION, TORCH_CUDA_ARCH_LIST
-# (default "8.0;9.0"), MAX_JOBS (default: all cores), PYTHON (default python3).
+# (default: what setup.py ships, "8.0;9.0+PTX"), MAX_JOBS (default: all cores), PYTHON
+# (default python3).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${CUDA_LANE_DIR:-${TMPDIR:-/tmp}/birnn-cuda-lane}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 PYTHON="${PYTHON:-python3}"
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+# The archs the wheel must hold: what setup.py builds for (it reads the same variable).
+ARCHS="$("${PYTHON:-python3}" "$ROOT/birnn_ext/_build.py" archs)"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 START=$(date +%s)
 
@@ -69,7 +72,7 @@ else
 fi
 find "$SRC" -name '*.so' -delete
 
-step "wheel (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
+step "wheel (CUDA archs $ARCHS, MAX_JOBS=$MAX_JOBS)"
 (cd "$SRC" && FORCE_CUDA=1 "$PY" -m pip wheel --no-build-isolation --no-deps -w "$WORK/dist" .)
 WHEEL="$(ls "$WORK"/dist/birnn_ext-*.whl)"
 echo "$WHEEL"
@@ -91,11 +94,16 @@ with zipfile.ZipFile(wheel) as z:
 EOF
 SO="$(ls "$SO_DIR"/birnn_ext/_C*.so)"
 "$CUOBJDUMP" --list-elf "$SO" | tee "$WORK/cuobjdump.txt"
-for arch in ${TORCH_CUDA_ARCH_LIST//;/ }; do
-  sm="sm_${arch%%+*}"
-  sm="${sm//./}"
-  grep -q "\.${sm}\.cubin" "$WORK/cuobjdump.txt" || fail "no $sm cubin in $SO"
-  echo "ok: $sm"
+"$CUOBJDUMP" --list-ptx "$SO" | tee "$WORK/cuobjdump-ptx.txt"
+for arch in ${ARCHS//;/ }; do
+  num="${arch%%+*}"
+  num="${num//./}"
+  grep -q "\.sm_${num}\.cubin" "$WORK/cuobjdump.txt" || fail "no sm_$num cubin in $SO"
+  echo "ok: sm_$num cubin"
+  if [ "$arch" != "${arch%+PTX}" ]; then
+    grep -q "\.sm_${num}\.ptx" "$WORK/cuobjdump-ptx.txt" || fail "no compute_$num PTX in $SO"
+    echo "ok: compute_$num PTX"
+  fi
 done
 
 step "install the wheel and import it from outside the source tree"

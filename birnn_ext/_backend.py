@@ -12,7 +12,6 @@ birnn_ext.info` reports it instead.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import sys
@@ -31,22 +30,19 @@ _env_problem: str | None = None  # what is wrong with BIRNN_EXT_BACKEND, kept fo
 
 
 def _jit_build():
-    import torch
+    """Builds csrc/ just in time, with the build description setup.py uses (_build.py)."""
+    from . import _build
+
+    root = os.path.dirname(_CSRC)
+    cfg = _build.config(root, jit=True)
+    if cfg["with_cuda"] and cfg["cuda_home"]:
+        # torch.utils.cpp_extension reads CUDA_HOME when it is first imported.
+        os.environ.setdefault("CUDA_HOME", cfg["cuda_home"])
     from torch.utils.cpp_extension import load
 
-    sources = [os.path.join(_CSRC, "ops.cpp"), os.path.join(_CSRC, "layer.cpp")]
-    sources += sorted(glob.glob(os.path.join(_CSRC, "cpu", "*.cpp")))
-    cflags = ["-O3", f'-DBIRNN_TORCH_VERSION="{torch.__version__}"']
-    cuda_sources = sorted(glob.glob(os.path.join(_CSRC, "cuda", "*.c*")))
-    with_cuda = torch.cuda.is_available() and bool(cuda_sources)
-    ldflags = []
-    if with_cuda:
-        sources += cuda_sources
-        cflags.append("-DWITH_CUDA")
-        ldflags.append("-lcublas")  # the recurrence calls cuBLAS directly
-    return load(name="birnn_ext_jit", sources=sources, extra_cflags=cflags,
-                extra_cuda_cflags=["-O3", "-DWITH_CUDA"], extra_ldflags=ldflags,
-                with_cuda=with_cuda, verbose=False)
+    return load(name="birnn_ext_jit", sources=[os.path.join(root, s) for s in cfg["sources"]],
+                extra_cflags=cfg["cxx"], extra_cuda_cflags=cfg["nvcc"],
+                extra_ldflags=_build.ldflags(cfg), with_cuda=cfg["with_cuda"], verbose=False)
 
 
 def compiled_module():
@@ -168,12 +164,30 @@ def env_problem() -> str | None:
     return _env_problem
 
 
-def kernel_path(device="cpu") -> str:
+def kernel_path(device="cpu", cell=None, dtype=None, T=None, B=None, I=None, H=None,
+                bidirectional=True, training=False, proj_size=0) -> str:
     """Names the kernel variant a layer on `device` runs with the active backend, e.g.
-    "cpu-avx512", "cpu-avx2", "cpu-scalar", "cuda-standard" or "python-reference" (benchmark records)."""
+    "cpu-avx512", "cpu-avx2", "cpu-scalar", "cuda-standard" or "python-reference" (benchmark
+    records). On CUDA the answer comes from the dispatch the layer itself goes through
+    (csrc/cuda/dispatch.cpp, BIRNN_EXT_KERNEL), given whatever of the layer's shape is known;
+    it raises what the layer would raise (an unknown or unbuilt BIRNN_EXT_KERNEL)."""
     backend = get_backend()
     if backend == "python":
         return "python-reference"
-    if str(device).startswith("cuda"):
-        return "cuda-standard"
-    return f"cpu-{compiled_module().cpu_simd()}"
+    module = compiled_module()
+    if not str(device).startswith("cuda"):
+        return f"cpu-{module.cpu_simd()}"
+    if not module.build_info()["cuda"]:
+        raise RuntimeError("birnn_ext: the compiled module was built without CUDA")
+    from .reference import GATES
+
+    def known(value):
+        return -1 if value is None else int(value)
+
+    name = str(cell).lower()
+    gates = -1 if cell is None else GATES.get(name, GATES.get(f"{name}_tanh", -1))  # "RNN"
+    dtype_name = "" if dtype is None else str(dtype).replace("torch.", "")
+    hout = known(proj_size or H)
+    return "cuda-" + module.cuda_kernel_path(dtype_name, gates, known(T), known(B), known(I),
+                                             known(H), hout, 2 if bidirectional else 1,
+                                             bool(training))

@@ -13,7 +13,7 @@ import sys
 import torch
 
 import birnn_ext
-from birnn_ext import _backend
+from birnn_ext import _backend, _build
 
 # Variables that change which vector ISA torch, oneDNN, MKL or birnn_ext run (how an AVX2-only
 # CPU is emulated on an AVX-512 one), so a result can say how it ran.
@@ -105,6 +105,13 @@ def report() -> str:
         f"CUDA archs       {info.get('cuda_archs') or '-'}"
         + (f" (CUDA {info['cuda_version']})" if info.get("cuda_version") else ""),
     ]
+    if info.get("cuda"):
+        lines.append(f"                 {_build.describe_archs(info['cuda_archs'])}")
+        try:
+            path = _backend.kernel_path("cuda")
+        except RuntimeError as exc:  # an unknown or unbuilt BIRNN_EXT_KERNEL says why
+            path = f"none: {exc}"
+        lines.append(f"CUDA kernel path {path} (BIRNN_EXT_KERNEL=standard|persistent|auto)")
     return "\n".join(lines)
 
 

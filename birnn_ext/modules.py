@@ -50,9 +50,10 @@ class _FusedForward:
         self._check_devices(checked_input, hx)
 
         if packed:
-            # Time-major padded batch in the packed (length-sorted) order; lengths on the CPU.
+            # Time-major padded batch in the packed (length-sorted) order. The lengths stay on
+            # the CPU: the ops check them there and copy them to a GPU without a host sync.
             x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            lengths = lengths_cpu.to(x.device)
+            lengths = lengths_cpu
         else:
             x = input.transpose(0, 1) if self.batch_first else input
             lengths_cpu = lengths = None

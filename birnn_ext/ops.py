@@ -165,7 +165,9 @@ def layer(cell: str, input: Tensor, lengths: Tensor | None, hx: Tensor, cx: Tens
           w_hr: Tensor | None):
     """One layer, both directions, differentiable: (output [T, B, D*Hout], h_n, c_n).
 
-    input [T, B, I] time-major; lengths [B] int64 on input's device or None (all T);
+    input [T, B, I] time-major; lengths [B] int64 or None (all T), on the CPU (checked there,
+    with no device sync; a CUDA layer gets them without one) or on input's device (read back
+    to the host once per call: a sync, refused during CUDA graph capture);
     weights stacked over directions: w_ih [D, G*H, I], w_hh [D, G*H, Hout], b_* [D, G*H],
     w_hr [D, Hout, H]. c_n is None unless cell == "lstm".
     """

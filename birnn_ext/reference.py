@@ -106,10 +106,11 @@ def _autocast_off(device):
 
 
 def check_lengths_device(input, lengths):
-    """lengths (or None) must be on the input's device; the C++ ops' message."""
-    if lengths is not None and lengths.device != input.device:
+    """lengths (or None) must be on the CPU or on the input's device; the C++ ops' message."""
+    if lengths is not None and lengths.device.type != "cpu" and lengths.device != input.device:
         raise RuntimeError(f"birnn_ext: lengths is on {lengths.device} but input is on "
-                           f"{input.device}; lengths must be on the input's device")
+                           f"{input.device}; lengths must be on the CPU or on the input's "
+                           "device")
 
 
 def _check_lengths(input, lengths):
@@ -133,6 +134,7 @@ def forward(cell, input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, training
     """The forward op: (output [T, B, D*Hout], h_n, c_n or [0], reserve)."""
     T, B = input.shape[0], input.shape[1]
     _check_lengths(input, lengths)
+    lengths = lengths.to(input.device) if lengths is not None else None
     D = w_ih.shape[0]
     with _autocast_off(input.device):
         runs = [_direction(cell, d, input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
@@ -184,6 +186,7 @@ def backward(cell, grad_output, grad_h_n, grad_c_n, input, lengths, hx, cx, w_ih
     """The backward op: gradients of input, hx, cx and every weight ([0] for absent ones)."""
     del output, reserve  # recomputed
     _check_lengths(input, lengths)
+    lengths = lengths.to(input.device) if lengths is not None else None
     grad_input = torch.zeros_like(input)
     grad_hx, grad_cx = torch.zeros_like(hx), (torch.zeros_like(cx) if cx is not None else None)
     grad_w = {name: torch.zeros_like(w) for name, w in

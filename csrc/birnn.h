@@ -6,8 +6,9 @@
 // Layer weights come stacked over directions: w_ih [D, G*H, I], w_hh [D, G*H, Hout],
 // b_ih / b_hh [D, G*H], w_hr [D, Hout, H]; a unidirectional layer passes D = 1.
 //
-// Lengths. `lengths` [B] int64 on the input's device (or absent: every sequence has T
-// steps). Steps t >= lengths[b] are padding: their outputs are zero, the state carries
+// Lengths. The ops take `lengths` [B] int64 on the CPU or on the input's device (or absent:
+// every sequence has T steps) and check them on the host; the drivers get them on the
+// input's device with their maximum (max_length). Steps t >= lengths[b] are padding: their outputs are zero, the state carries
 // through them unchanged, and direction 1 of sequence b starts at step lengths[b]-1.
 // So h_n / c_n are each sequence's state at its last valid step, as torch.nn returns
 // for a PackedSequence.
@@ -37,6 +38,7 @@ struct ForwardArgs {
   at::Tensor w_ih;     // [D, G*H, I]
   at::Tensor b_ih;     // [D, G*H], or undefined
   at::Tensor lengths;  // [B] int64, or undefined when every sequence is T long
+  int64_t max_length = -1;  // the longest of lengths: every step past it is padding (-1: T)
   at::Tensor w_hh;     // [D, G*H, Hout]
   at::Tensor b_hh;     // [D, G*H], or undefined
   at::Tensor w_hr;     // [D, Hout, H], or undefined (no projection)
@@ -52,6 +54,7 @@ struct BackwardArgs {
   CellKind cell;
   at::Tensor grad_output;  // [T, B, D, Hout] dLoss/doutput
   at::Tensor lengths;      // as in ForwardArgs
+  int64_t max_length = -1;  // as in ForwardArgs
   at::Tensor w_hh;         // [D, G*H, Hout]
   at::Tensor w_hr;         // [D, Hout, H], or undefined
   at::Tensor output;       // [T, B, D, Hout] the forward's output (h of every step)
@@ -83,6 +86,12 @@ void forward_recurrence_cpu(const ForwardArgs& args);
 void backward_recurrence_cpu(const BackwardArgs& args);
 void forward_recurrence_cuda(const ForwardArgs& args);
 void backward_recurrence_cuda(const BackwardArgs& args);
+
+// CUDA lengths for the ops (csrc/cuda/lengths.cu): host_lengths [B] int64 (contiguous, on the
+// CPU) copied to `device` with no host sync and safely under CUDA graph capture; and device
+// lengths read back to the host (a sync, refused with a clear error during graph capture).
+at::Tensor cuda_lengths_to_device(const at::Tensor& host_lengths, const at::Device& device);
+at::Tensor cuda_lengths_to_host(const at::Tensor& lengths);
 
 // The ops (csrc/layer.cpp); registered per device by the TORCH_LIBRARY_IMPL blocks.
 //

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 
@@ -83,25 +84,41 @@ Dims check_layer(CellKind kind, const at::Tensor& input, const OptTensor& length
   }
   if (lengths.has_value() && lengths->defined()) {
     const at::Tensor& len = *lengths;
-    TORCH_CHECK(len.device() == input.device(), "birnn_ext: lengths is on ", len.device(),
-                " but input is on ", input.device(), "; lengths must be on the input's device");
+    TORCH_CHECK(len.is_cpu() || len.device() == input.device(), "birnn_ext: lengths is on ",
+                len.device(), " but input is on ", input.device(),
+                "; lengths must be on the CPU or on the input's device");
     TORCH_CHECK(len.scalar_type() == at::kLong, "birnn_ext: lengths must be int64, got ",
                 len.scalar_type());
     check_shape(len, {d.B}, "lengths");
-    // Reading the values needs the host; on a GPU this is done by the CUDA driver, which
-    // must stay capturable in a CUDA graph.
-    if (len.is_cpu() && d.B > 0) {
-      const int64_t lo = len.min().item<int64_t>(), hi = len.max().item<int64_t>();
-      TORCH_CHECK(lo >= 0 && hi <= d.T, "birnn_ext: lengths must lie in [0, T=", d.T,
-                  "], got values in [", lo, ", ", hi, "]");
-    }
   }
   return d;
 }
 
-// The drivers index lengths as a plain [B] array.
-at::Tensor contiguous_or_empty(const OptTensor& t) {
-  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+// A layer's lengths as the drivers take them: on the input's device, as a plain [B] array,
+// with their maximum (steps past it are padding for every sequence).
+struct Lengths {
+  at::Tensor on_device;  // undefined: every sequence is T long
+  int64_t max;
+};
+
+// Checks the values on the host. Lengths given on the CPU (as the modules pass them) cost no
+// device sync: a CUDA layer gets its copy through cuda_lengths_to_device, which never waits
+// and is safe under CUDA graph capture. Lengths given on a GPU are read back once (a sync,
+// refused during graph capture).
+Lengths prepare_lengths(const OptTensor& lengths, const at::Tensor& input, int64_t T) {
+  if (!lengths.has_value() || !lengths->defined()) return {at::Tensor(), T};
+  const at::Tensor host =
+      lengths->is_cpu() ? lengths->contiguous() : cuda_lengths_to_host(*lengths).contiguous();
+  const int64_t* values = host.data_ptr<int64_t>();
+  const int64_t B = host.numel();
+  if (B == 0) return {at::Tensor(), 0};  // nothing runs
+  const auto [lo, hi] = std::minmax_element(values, values + B);
+  TORCH_CHECK(*lo >= 0 && *hi <= T, "birnn_ext: lengths must lie in [0, T=", T,
+              "], got values in [", *lo, ", ", *hi, "]");
+  if (input.is_cpu()) return {host, *hi};
+  TORCH_CHECK(input.is_cuda(), "birnn_ext: unsupported device ", input.device());
+  return {lengths->is_cpu() ? cuda_lengths_to_device(host, input.device()) : lengths->contiguous(),
+          *hi};
 }
 
 // Test aid: with BIRNN_EXT_POISON=1, buffers a driver must write are filled with NaN first,
@@ -201,7 +218,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
                                   : at::mm(x2d, w_ih_both.t());
     args.gates_x = gates_x.view({d.T, d.B, d.D, GH});
   }
-  args.lengths = contiguous_or_empty(lengths);
+  const Lengths lens = prepare_lengths(lengths, input, d.T);
+  args.lengths = lens.on_device;
+  args.max_length = lens.max;
   args.w_hh = w_hh.contiguous();
   args.b_hh = b_hh.has_value() && b_hh->defined() ? b_hh->contiguous() : at::Tensor();
   args.w_hr = w_hr.has_value() && w_hr->defined() ? w_hr->contiguous() : at::Tensor();
@@ -249,7 +268,9 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   BackwardArgs args;
   args.cell = Kind;
   args.grad_output = grad_output.contiguous().view({d.T, d.B, d.D, d.Hout});
-  args.lengths = contiguous_or_empty(lengths);
+  const Lengths lens = prepare_lengths(lengths, input, d.T);
+  args.lengths = lens.on_device;
+  args.max_length = lens.max;
   args.w_hh = w_hh.contiguous();
   args.w_hr = proj ? w_hr->contiguous() : at::Tensor();
   args.output = output.contiguous().view({d.T, d.B, d.D, d.Hout});
@@ -293,8 +314,9 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   }
   // An absent input's gradient is a fresh [0] tensor each: op outputs must not alias.
   auto none = [&] { return at::empty({0}, opts); };
-  at::Tensor grad_b_ih = has_bias ? args.dgates_x.sum({0, 1}) : none();
-  at::Tensor grad_b_hh = has_bias ? args.dgates_h.sum({0, 1}) : none();
+  // IntArrayRef named: a bare {0, 1} is ambiguous with sum(DimnameList) in torch < 2.13.
+  at::Tensor grad_b_ih = has_bias ? args.dgates_x.sum(at::IntArrayRef{0, 1}) : none();
+  at::Tensor grad_b_hh = has_bias ? args.dgates_h.sum(at::IntArrayRef{0, 1}) : none();
   at::Tensor grad_w_hr = none();
   if (proj) {
     // m = o * tanh(c) of every step, rebuilt from the reserve (zero past each length).

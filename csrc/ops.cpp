@@ -9,6 +9,9 @@
 
 #include "birnn.h"
 #include "cpu/isa.h"
+#ifdef WITH_CUDA
+#include "cuda/dispatch.h"
+#endif
 
 #ifndef BIRNN_CUDA_ARCHS
 #define BIRNN_CUDA_ARCHS ""
@@ -47,6 +50,12 @@ void forward_recurrence_cuda(const ForwardArgs&) {
 void backward_recurrence_cuda(const BackwardArgs&) {
   TORCH_CHECK(false, "birnn_ext was built without CUDA; reinstall with a CUDA toolkit");
 }
+at::Tensor cuda_lengths_to_device(const at::Tensor&, const at::Device&) {
+  TORCH_CHECK(false, "birnn_ext was built without CUDA; reinstall with a CUDA toolkit");
+}
+at::Tensor cuda_lengths_to_host(const at::Tensor&) {
+  TORCH_CHECK(false, "birnn_ext was built without CUDA; reinstall with a CUDA toolkit");
+}
 }  // namespace birnn
 #endif
 
@@ -70,4 +79,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       "The CPU kernels' instruction set on this machine (csrc/cpu/isa.h): 'avx512' or 'avx2' "
       "(float32 GEMMs on birnn_ext's own kernel for that ISA, SIMD cells) or 'scalar' (BLAS "
       "GEMMs, scalar cells)");
+#ifdef WITH_CUDA
+  module.def(
+      "cuda_kernel_path",
+      [](const std::string& dtype, int64_t G, int64_t T, int64_t B, int64_t I, int64_t H,
+         int64_t Hout, int64_t D, bool training) {
+        birnn::cuda::LayerShape s;
+        s.dtype = birnn::cuda::dtype_from_name(dtype);
+        s.G = G, s.T = T, s.B = B, s.I = I, s.H = H, s.Hout = Hout, s.D = D;
+        s.training = training;
+        return birnn::cuda::chosen_path(s);
+      },
+      "The CUDA kernel path (csrc/cuda/dispatch.cpp) a layer of this shape runs now, as "
+      "BIRNN_EXT_KERNEL selects it; -1 (or \"\" for dtype) for what is not known");
+#endif
 }

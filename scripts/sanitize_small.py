@@ -1,15 +1,24 @@
-"""A small workload for compute-sanitizer (scripts/gpu_check.sh runs it under memcheck and
-racecheck): bidirectional LSTM (with and without proj_size), GRU and RNN layers, forward and
-backward with packed lengths (including a zero length), through the ops directly.
+"""A small workload for compute-sanitizer (scripts/gpu_check.sh runs it under initcheck and
+memcheck): every cell, bidirectional (both directions running concurrently on their two
+streams) and unidirectional, forward and backward, float32/float64 and float16/bfloat16,
+with lengths that include a zero, lengths all shorter than T (the steps past the longest are
+never visited), lengths handed over on the CPU (the modules' way) and on the GPU (read back by
+the op), more sequences than one kernel-parameter chunk of lengths holds, all issued from a
+NON-default current stream, as a user's side stream would.
 
 It loads the built extension with torch.ops.load_library, so it depends on nothing of
 birnn_ext's Python package, and it checks every CUDA result against the same op on the CPU:
 a kernel that reads or writes out of bounds usually also computes something wrong.
 
-    python scripts/sanitize_small.py [path/to/_C.so]      # default: birnn_ext/_C*.so
-    compute-sanitizer --tool memcheck python scripts/sanitize_small.py
+    python scripts/sanitize_small.py [--device cuda|cpu] [--quick] [path/to/_C.so]
+    compute-sanitizer --tool initcheck python scripts/sanitize_small.py
+
+--device cpu runs the same workload with the CPU op on both sides (gpu_check.sh --dry-run: the
+plumbing, on a machine without a GPU).
 """
 
+import argparse
+import contextlib
 import glob
 import os
 import sys
@@ -17,7 +26,9 @@ import sys
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GATES = {"rnn_tanh": 1, "lstm": 4, "gru": 3}
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 3e-2,
+             torch.bfloat16: 6e-2}
 
 
 def load_ops(path=None):
@@ -32,18 +43,22 @@ def load_ops(path=None):
     return torch.ops.birnn_ext
 
 
-def layer_inputs(cell, T, B, I, H, proj, lengths, dtype, gen):
-    """The op's arguments on the CPU: input [T, B, I], weights stacked over D = 2."""
-    G, D = GATES[cell], 2
-    Hout = proj or H
+def layer_inputs(cell, D, T, B, I, H, proj, lengths, gen):
+    """The op's arguments on the CPU in float64: input [T, B, I], weights stacked over D."""
+    G, Hout = GATES[cell], proj or H
 
-    def rnd(*shape):
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.5).to(dtype)
+    def rnd(*shape, scale=0.5):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
 
-    return dict(input=rnd(T, B, I), lengths=torch.tensor(lengths, dtype=torch.int64),
+    # Weights of torch.nn's scale (1/sqrt(H)), so that even a relu RNN stays bounded and the
+    # float16/bfloat16 runs can be held to a tolerance.
+    w = H ** -0.5
+    return dict(input=rnd(T, B, I),
+                lengths=None if lengths is None else torch.tensor(lengths, dtype=torch.int64),
                 hx=rnd(D, B, Hout), cx=rnd(D, B, H) if cell == "lstm" else None,
-                w_ih=rnd(D, G * H, I), w_hh=rnd(D, G * H, Hout), b_ih=rnd(D, G * H),
-                b_hh=rnd(D, G * H), w_hr=rnd(D, Hout, H) if proj else None)
+                w_ih=rnd(D, G * H, I, scale=w), w_hh=rnd(D, G * H, Hout, scale=w),
+                b_ih=rnd(D, G * H, scale=w), b_hh=rnd(D, G * H, scale=w),
+                w_hr=rnd(D, Hout, H, scale=w) if proj else None)
 
 
 def run_layer(ops, cell, a, grads):
@@ -58,41 +73,80 @@ def run_layer(ops, cell, a, grads):
     return [output, h_n, c_n, *grad]
 
 
-def to(x, device):
+def to(x, device, dtype, lengths_device):
     if isinstance(x, dict):
-        return {k: to(v, device) for k, v in x.items()}
-    return None if x is None else x.to(device)
+        return {k: (to(v, lengths_device, None, None) if k == "lengths"
+                    else to(v, device, dtype, lengths_device)) for k, v in x.items()}
+    if x is None:
+        return None
+    return x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
 
 
-def main():
-    ops = load_ops(sys.argv[1] if len(sys.argv) > 1 else None)
-    assert torch.cuda.is_available(), "sanitize_small needs a CUDA device"
-    gen = torch.Generator().manual_seed(0)
-    T, B, I, H = 6, 4, 5, 8
-    lengths = [6, 3, 0, 1]  # a zero length: a row with no valid step in either direction
-    failures = 0
-    for cell, proj in (("lstm", 0), ("lstm", 4), ("gru", 0), ("rnn_tanh", 0)):
+def lengths_of(kind, T, B):
+    """mixed: a full, a zero and other lengths; short: every sequence shorter than T."""
+    if kind == "mixed":
+        return [T, 3, 0, 1] + [1 + (3 * b) % T for b in range(4, B)]
+    return [T - 2, 1, T - 3, 2] + [1 + b % (T - 2) for b in range(4, B)]
+
+
+def configurations(T, quick):
+    """(cell, directions, proj, batch, lengths, dtype, where the lengths live). Small batches
+    keep the sanitizers fast; one layer has more sequences than the 448 lengths one upload
+    kernel carries (unless quick)."""
+    yield "gru", 2, 0, 8 if quick else 454, lengths_of("mixed", T, 8 if quick else 454), \
+        torch.float32, "cpu"
+    for cell, proj in (("lstm", 0), ("lstm", 4), ("gru", 0), ("rnn_tanh", 0), ("rnn_relu", 0)):
         for dtype in (torch.float32, torch.float64):
-            a = layer_inputs(cell, T, B, I, H, proj, lengths, dtype, gen)
-            Hout = proj or H
-            rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype)
-            grads = dict(grad_output=rnd(T, B, 2 * Hout), grad_h_n=rnd(2, B, Hout),
-                         grad_c_n=rnd(2, B, H))
-            ref = run_layer(ops, cell, a, grads)
-            got = run_layer(ops, cell, to(a, "cuda"), to(grads, "cuda"))
+            yield cell, 2, proj, 8, lengths_of("mixed", T, 8), dtype, "cpu"
+        yield cell, 1, proj, 8, lengths_of("short", T, 8), torch.float32, "cpu"
+        if cell != "rnn_relu":  # relu's derivative flips where rounding moves a zero crossing
+            yield cell, 2, proj, 8, lengths_of("short", T, 8), torch.float16, "device"
+            yield cell, 2, proj, 8, None, torch.bfloat16, "cpu"
+
+
+def main(argv=None):
+    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    args.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    args.add_argument("--quick", action="store_true",
+                      help="no layer of 454 sequences (a dry run's plumbing)")
+    args.add_argument("library", nargs="?")
+    opts = args.parse_args(argv)
+    ops = load_ops(opts.library)
+    device = torch.device(opts.device)
+    if device.type == "cuda":
+        assert torch.cuda.is_available(), "sanitize_small needs a CUDA device"
+        side = torch.cuda.Stream()  # a non-default current stream for every birnn_ext call
+        side.wait_stream(torch.cuda.current_stream())
+        stream_ctx = torch.cuda.stream(side)
+    else:
+        stream_ctx = contextlib.nullcontext()
+    gen = torch.Generator().manual_seed(0)
+    T, I, H = 6, 5, 8
+    failures = 0
+    for cell, D, proj, B, lengths, dtype, lengths_where in configurations(T, opts.quick):
+        a = layer_inputs(cell, D, T, B, I, H, proj, lengths, gen)
+        Hout = proj or H
+        grads = dict(grad_output=torch.randn(T, B, D * Hout, generator=gen, dtype=torch.float64),
+                     grad_h_n=torch.randn(D, B, Hout, generator=gen, dtype=torch.float64),
+                     grad_c_n=torch.randn(D, B, H, generator=gen, dtype=torch.float64))
+        ref = run_layer(ops, cell, a, grads)  # float64 on the CPU
+        lengths_device = device if lengths_where == "device" else torch.device("cpu")
+        with stream_ctx:
+            got = run_layer(ops, cell, to(a, device, dtype, lengths_device),
+                            to(grads, device, dtype, None))
+        if device.type == "cuda":
             torch.cuda.synchronize()
-            tol = 1e-4 if dtype == torch.float32 else 1e-10
-            worst = 0.0
-            for r, g in zip(ref, got):
-                if r.numel() == 0:
-                    continue
-                err = ((r.double() - g.cpu().double()).abs().max()
-                       / r.double().abs().max().clamp_min(1.0)).item()
-                worst = max(worst, err if err == err else float("inf"))  # NaN counts as inf
-            ok = worst <= tol
-            failures += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {cell:8s} proj={proj} {str(dtype):14s} "
-                  f"max rel err vs CPU {worst:.2e}")
+        worst = 0.0
+        for r, g in zip(ref, got):
+            if r.numel() == 0:
+                continue
+            err = ((r - g.cpu().double()).abs().max() / r.abs().max().clamp_min(1.0)).item()
+            worst = max(worst, err if err == err else float("inf"))  # NaN counts as inf
+        ok = worst <= TOLERANCE[dtype]
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {cell:8s} D={D} B={B:3d} proj={proj} {str(dtype):15s} "
+              f"lengths={'none' if lengths is None else lengths_where:6s} "
+              f"max rel err vs float64 CPU {worst:.2e}")
     print("sanitize_small:", "all results agree with the CPU" if failures == 0
           else f"{failures} configuration(s) disagree with the CPU")
     return 1 if failures else 0

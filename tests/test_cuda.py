@@ -1,7 +1,10 @@
 """GPU tests (marked `cuda`, skipped without a GPU): parity with torch.nn/cuDNN and with the
-CPU path in float32 / float16 / bfloat16, gradcheck and opcheck on the GPU, torch.compile,
-CUDA graph capture and replay, a non-default current stream, two threads at once, no memory
-growth, autocast, and device errors."""
+CPU path in float32 / float16 / bfloat16 at sizes that reach cuBLAS's tensor-core and split-K
+paths, long float16/bfloat16 sequences against a float64 truth, every layer option,
+gradcheck and opcheck on the GPU, torch.compile, CUDA graph capture (forward and training,
+lengths on the host; device lengths and a first call during capture refused clearly), a
+non-default current stream, two threads at once, no memory growth, autocast, the TF32 flags
+both ways, dropout, the kernel-path switch, and device errors."""
 
 import dataclasses
 import threading
@@ -110,30 +113,124 @@ def test_torch_compile_fullgraph():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_cuda_graph_capture_and_replay(cell):
-    """ops.layer with device lengths is capturable; a replay with new input and new lengths
-    equals an eager call."""
-    args = op_inputs(cell, 2, True, 0, (5, 2, 7, 1), steps=7, hidden=16, input_size=8,
-                     dtype=torch.float32, device="cuda")
+def _capture(fn, warmups=3):
+    """fn() warmed up on a side stream, then captured: (graph, fn's static outputs)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(3):   # warm up outside the capture (allocator, handles, pools)
-            ops.layer(cell, *args)
+    with torch.cuda.stream(side):
+        for _ in range(warmups):  # allocator, handles, pools: made outside the capture
+            fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        static_out = ops.layer(cell, *args)
-    for lengths in ((7, 7, 7, 7), (1, 3, 6, 2)):
+    with torch.cuda.graph(graph):
+        static = fn()
+    return graph, static
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_graph_capture_and_replay(cell):
+    """ops.layer with lengths on the host is capturable (their values become part of the
+    graph, as any host argument's); a replay with new input equals an eager call."""
+    args = op_inputs(cell, 2, True, 0, (5, 2, 7, 1), steps=7, hidden=16, input_size=8,
+                     dtype=torch.float32, device="cuda")
+    args[1] = args[1].cpu()
+    with torch.no_grad():
+        graph, static_out = _capture(lambda: ops.layer(cell, *args))
+    for _ in range(2):
         args[0].copy_(torch.randn_like(args[0]))
-        args[1].copy_(torch.tensor(lengths))
         graph.replay()
         with torch.no_grad():
             expected = ops.layer(cell, *args)
         for e, g in zip(expected, static_out):
             if e is not None:
                 torch.testing.assert_close(g, e, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("form", ["op-with-lengths", "module-padded"])
+def test_training_under_cuda_graph_capture(cell, form):
+    """Forward and backward captured in one graph, through the op with host lengths and
+    through a two-layer module; replays with new data give the eager outputs and gradients.
+    (A PackedSequence cannot be built during capture: packing copies its sorted indices from
+    the host, torch.nn's own limitation.)"""
+    if form == "op-with-lengths":
+        args = op_inputs(cell, 2, True, 0, (5, 2, 7, 1), steps=7, hidden=16, input_size=8,
+                         dtype=torch.float32, device="cuda", requires_grad=True)
+        args[1] = torch.tensor([5, 2, 7, 1])
+        fn, leaves = layer_of_tensors(cell, args)
+        x = leaves[0]
+    else:
+        _, ours = make_pair(cell, num_layers=2, bidirectional=True, dtype=torch.float32,
+                            device="cuda")
+        x = torch.randn(7, 4, 5, device="cuda", requires_grad=True)
+        leaves = [x, *ours.parameters()]
+
+        def fn(x):
+            out, state = ours(x)
+            return (out, *(state if isinstance(state, tuple) else (state,)))
+
+    def step():
+        outputs = fn(*leaves) if form == "op-with-lengths" else fn(x)
+        sum(o.square().sum() for o in outputs).backward()
+        return outputs[0]
+
+    def grads():
+        return [t.grad.clone() for t in leaves]
+
+    def zero():
+        for t in leaves:
+            if t.grad is not None:
+                t.grad.zero_()
+
+    graph, static_out = _capture(step)  # the warm-up allocated every .grad
+    for _ in range(2):
+        with torch.no_grad():
+            x.copy_(torch.randn_like(x))
+        zero()
+        graph.replay()
+        got = [static_out.detach().clone()] + grads()
+        zero()
+        expected = [step().detach()] + grads()
+        for e, g in zip(expected, got):
+            torch.testing.assert_close(g, e, atol=0, rtol=0)
+
+
+def test_capture_with_device_lengths_raises_and_leaves_cuda_usable():
+    """Device lengths cannot be checked during capture: a clear error before anything is
+    queued, and eager calls afterwards still give the right answer."""
+    args = op_inputs("gru", 2, True, 0, (3, 1, 4), dtype=torch.float32, device="cuda")
+    with torch.no_grad():
+        expected = ops.layer("gru", *args)          # also the warm-up
+        graph = torch.cuda.CUDAGraph()
+        with pytest.raises(RuntimeError, match="cannot be read during CUDA graph capture"):
+            with torch.cuda.graph(graph):
+                ops.layer("gru", *args)
+        again = ops.layer("gru", *args)
+    torch.testing.assert_close(again[0], expected[0], atol=0, rtol=0)
+
+
+def test_first_call_during_capture_raises_clearly():
+    """A thread whose first birnn_ext call is made during capture has no direction streams
+    or cuBLAS handles yet, and creating them is not allowed then: a clear error."""
+    args = op_inputs("lstm", 2, True, 0, (3, 1, 4), dtype=torch.float32, device="cuda")
+    args[1] = args[1].cpu()
+    errors = []
+
+    def fresh_thread():
+        try:
+            torch.cuda.set_device(args[0].device)
+            # torch's cuBLAS handle for this thread, so that only birnn_ext's are missing.
+            torch.matmul(args[0][0], args[0][0].t())
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph):
+                ops.layer("lstm", *args)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=fresh_thread)
+    thread.start()
+    thread.join()
+    assert errors and "during CUDA graph capture" in errors[0], errors
 
 
 def test_non_default_stream():
@@ -230,11 +327,23 @@ def test_device_mismatch_like_torch_nn(cell):
     assert errors[1] == errors[0]
 
 
-def test_op_lengths_on_the_cpu_is_an_error():
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
+def test_op_lengths_on_the_host_or_the_device(where):
+    """The op takes lengths on the CPU (no sync) or on the input's device (read back once);
+    both give the same result, and bad values are refused either way."""
     args = op_inputs("lstm", dtype=torch.float32, device="cuda")
-    args[1] = args[1].cpu()
-    with pytest.raises(RuntimeError, match="lengths"):
+    args[1] = args[1].to(where)
+    expected = torch.ops.birnn_ext.lstm_forward(*op_inputs_on(args, "cpu"), False)
+    got = torch.ops.birnn_ext.lstm_forward(*args, False)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g.cpu(), e, **FLOAT32_TOL)
+    args[1] = torch.tensor([3, 9, 1], device=where)
+    with pytest.raises(RuntimeError, match=r"lengths must lie in \[0, T=4\]"):
         torch.ops.birnn_ext.lstm_forward(*args, False)
+
+
+def op_inputs_on(args, device):
+    return [a.to(device) if a is not None else None for a in args]
 
 
 def test_cuda_backend_selected_and_used():
@@ -243,3 +352,36 @@ def test_cuda_backend_selected_and_used():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         model(torch.randn(3, 2, 5, device="cuda"))
     assert any(e.key == "birnn_ext::gru_forward" for e in prof.key_averages())
+
+
+def test_kernel_switch_reaches_the_layer(monkeypatch):
+    """BIRNN_EXT_KERNEL is read by the layer's own dispatch on every call."""
+    _, ours = make_pair("lstm", bidirectional=True, dtype=torch.float32, device="cuda")
+    x = torch.randn(4, 2, 5, device="cuda")
+    monkeypatch.setenv("BIRNN_EXT_KERNEL", "auto")
+    expected = ours(x)[0]
+    monkeypatch.setenv("BIRNN_EXT_KERNEL", "standard")
+    torch.testing.assert_close(ours(x)[0], expected, atol=0, rtol=0)
+    monkeypatch.setenv("BIRNN_EXT_KERNEL", "persistent")
+    with pytest.raises(RuntimeError, match="not part of this build"):
+        ours(x)
+
+
+def test_threads_one_after_another_reuse_their_streams_and_handles():
+    """Each thread's direction streams, cuBLAS handles and workspaces pass to the next thread
+    when it exits: threads that run one after another hold no more device memory than one."""
+    _, ours = make_pair("gru", bidirectional=True, dtype=torch.float32, device="cuda")
+    x = torch.randn(5, 3, 5, device="cuda")
+
+    def call():
+        with torch.no_grad():
+            ours(x)
+        torch.cuda.synchronize()
+
+    memory = []
+    for _ in range(4):
+        thread = threading.Thread(target=call)
+        thread.start()
+        thread.join()
+        memory.append(torch.cuda.memory_allocated())
+    assert memory[1:] == memory[:1] * 3, memory

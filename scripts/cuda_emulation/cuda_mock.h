@@ -1,5 +1,5 @@
-// Just enough of CUDA, cuBLAS and c10::cuda for csrc/cuda/recurrence_cuda.cu to compile and
-// run as plain C++ on CPU tensors (see emulate.py). Kernels run one thread at a time, in a
+// Just enough of CUDA, cuBLAS and c10::cuda for csrc/cuda/ (amalgamated by emulate.py) to
+// compile and run as plain C++ on CPU tensors. Kernels run one thread at a time, in a
 // shuffled order per launch, so a thread that reads another thread's output is caught;
 // streams are eager (every launch completes before the next call returns).
 #pragma once
@@ -43,67 +43,72 @@ inline int mock_gemm_calls = 0;
 
 inline int cublasSetMathMode(cublasHandle_t, cublasMath_t) { return 0; }
 
-template <typename T, typename S>
-void mock_gemm(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, S alpha,
-               const T* a, int lda, const T* b, int ldb, S beta, T* c, int ldc) {
-  // cuBLAS's argument rules, so a wrong leading dimension fails here as it would there.
+// A column-major reference GEMM with a double accumulator, any input type with an output of
+// the same type or (half/bfloat16 inputs) float, as cublasGemmEx allows; cuBLAS's argument
+// rules are checked, so a wrong leading dimension, type or handle fails here as it would there.
+inline double mock_read(const void* p, cudaDataType_t t, int64_t i) {
+  switch (t) {
+    case CUDA_R_64F: return static_cast<const double*>(p)[i];
+    case CUDA_R_32F: return static_cast<const float*>(p)[i];
+    case CUDA_R_16F: return static_cast<float>(static_cast<const at::Half*>(p)[i]);
+    default: return static_cast<float>(static_cast<const at::BFloat16*>(p)[i]);
+  }
+}
+inline void mock_write(void* p, cudaDataType_t t, int64_t i, double v) {
+  switch (t) {
+    case CUDA_R_64F: static_cast<double*>(p)[i] = v; break;
+    case CUDA_R_32F: static_cast<float*>(p)[i] = static_cast<float>(v); break;
+    case CUDA_R_16F: static_cast<at::Half*>(p)[i] = at::Half(static_cast<float>(v)); break;
+    default: static_cast<at::BFloat16*>(p)[i] = at::BFloat16(static_cast<float>(v));
+  }
+}
+inline int cublasGemmEx(cublasHandle_t handle, cublasOperation_t op_a, cublasOperation_t op_b,
+                        int m, int n, int k, const void* alpha, const void* a, cudaDataType_t type_a,
+                        int lda, const void* b, cudaDataType_t type_b, int ldb, const void* beta,
+                        void* c, cudaDataType_t type_c, int ldc, cublasComputeType_t compute,
+                        cublasGemmAlgo_t) {
+  TORCH_CHECK(handle != nullptr && *handle > 0, "mock cuBLAS: handle never created");
+  TORCH_CHECK(type_a == type_b, "mock cuBLAS: mixed input types");
+  const bool half_in = type_a == CUDA_R_16F || type_a == CUDA_R_16BF;
+  TORCH_CHECK(type_c == type_a || (type_c == CUDA_R_32F && half_in),
+              "mock cuBLAS: unsupported output type");
+  TORCH_CHECK((compute == CUBLAS_COMPUTE_64F) == (type_a == CUDA_R_64F),
+              "mock cuBLAS: compute type");
+  TORCH_CHECK(compute != CUBLAS_COMPUTE_32F_FAST_TF32 || type_a == CUDA_R_32F,
+              "mock cuBLAS: tf32 needs float");
   TORCH_CHECK(m >= 0 && n >= 0 && k >= 0, "mock cuBLAS: negative size");
   TORCH_CHECK(lda >= std::max(1, op_a == CUBLAS_OP_N ? m : k), "mock cuBLAS: bad lda ", lda);
   TORCH_CHECK(ldb >= std::max(1, op_b == CUBLAS_OP_N ? k : n), "mock cuBLAS: bad ldb ", ldb);
   TORCH_CHECK(ldc >= std::max(1, m), "mock cuBLAS: bad ldc ", ldc);
+  ++mock_gemm_calls;
+  const bool f64 = compute == CUBLAS_COMPUTE_64F;
+  const double al = f64 ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
+  const double be = f64 ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
   for (int j = 0; j < n; ++j) {
     for (int i = 0; i < m; ++i) {
       double acc = 0;
       for (int p = 0; p < k; ++p) {
-        const double av = static_cast<double>(op_a == CUBLAS_OP_N ? a[i + int64_t(p) * lda]
-                                                                  : a[p + int64_t(i) * lda]);
-        const double bv = static_cast<double>(op_b == CUBLAS_OP_N ? b[p + int64_t(j) * ldb]
-                                                                  : b[j + int64_t(p) * ldb]);
+        const int64_t ia = op_a == CUBLAS_OP_N ? i + int64_t(p) * lda : p + int64_t(i) * lda;
+        const int64_t ib = op_b == CUBLAS_OP_N ? p + int64_t(j) * ldb : j + int64_t(p) * ldb;
+        const double av = mock_read(a, type_a, ia), bv = mock_read(b, type_b, ib);
         acc += av * bv;
       }
-      T& out = c[i + int64_t(j) * ldc];
-      // beta == 0 must not read C (it may hold NaN poison), as in cuBLAS.
-      const double old = beta == S(0) ? 0.0 : static_cast<double>(beta) * static_cast<double>(out);
-      out = static_cast<T>(static_cast<S>(static_cast<double>(alpha) * acc + old));
+      const int64_t at_ = i + int64_t(j) * ldc;
+      const double old = be == 0 ? 0.0 : be * mock_read(c, type_c, at_);
+      mock_write(c, type_c, at_, al * acc + old);
     }
-  }
-}
-
-inline int cublasGemmEx(cublasHandle_t, cublasOperation_t op_a, cublasOperation_t op_b, int m,
-                        int n, int k, const void* alpha, const void* a, cudaDataType_t type_a,
-                        int lda, const void* b, cudaDataType_t type_b, int ldb, const void* beta,
-                        void* c, cudaDataType_t type_c, int ldc, cublasComputeType_t compute,
-                        cublasGemmAlgo_t) {
-  TORCH_CHECK(type_a == type_b && type_b == type_c, "mock cuBLAS: mixed types");
-  ++mock_gemm_calls;
-  if (compute == CUBLAS_COMPUTE_64F) {
-    TORCH_CHECK(type_a == CUDA_R_64F, "mock cuBLAS: 64F compute needs double data");
-    mock_gemm<double, double>(op_a, op_b, m, n, k, *static_cast<const double*>(alpha),
-                              static_cast<const double*>(a), lda, static_cast<const double*>(b),
-                              ldb, *static_cast<const double*>(beta), static_cast<double*>(c),
-                              ldc);
-    return 0;
-  }
-  TORCH_CHECK(type_a != CUDA_R_64F, "mock cuBLAS: double data needs 64F compute");
-  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-  switch (type_a) {
-    case CUDA_R_32F:
-      mock_gemm<float, float>(op_a, op_b, m, n, k, al, static_cast<const float*>(a), lda,
-                              static_cast<const float*>(b), ldb, be, static_cast<float*>(c), ldc);
-      break;
-    case CUDA_R_16F:
-      mock_gemm<at::Half, float>(op_a, op_b, m, n, k, al, static_cast<const at::Half*>(a), lda,
-                                 static_cast<const at::Half*>(b), ldb, be,
-                                 static_cast<at::Half*>(c), ldc);
-      break;
-    default:
-      mock_gemm<at::BFloat16, float>(op_a, op_b, m, n, k, al,
-                                     static_cast<const at::BFloat16*>(a), lda,
-                                     static_cast<const at::BFloat16*>(b), ldb, be,
-                                     static_cast<at::BFloat16*>(c), ldc);
   }
   return 0;
 }
+// Handles are numbered from 1 as they are created (never freed, as in the driver).
+inline int cublasCreate(cublasHandle_t* h) {
+  static int n = 0;
+  *h = new int(++n);
+  return 0;
+}
+inline int cublasSetStream(cublasHandle_t, cudaStream_t) { return 0; }
+inline int cublasSetWorkspace(cublasHandle_t, void*, size_t) { return 0; }
+namespace at::cuda { inline size_t getChosenWorkspaceSize() { return 1024; } }
 
 // ---- c10::cuda / at::cuda: streams that only remember which one is current ---------------
 namespace c10::cuda {
@@ -112,6 +117,7 @@ struct CUDAStream {
   int id = 0;  // 0: the default stream; pool streams count up from 1
   c10::DeviceIndex device_index() const { return 0; }
   operator cudaStream_t() const { return reinterpret_cast<void*>(static_cast<intptr_t>(id)); }
+  cudaStream_t stream() const { return *this; }
 };
 
 inline thread_local CUDAStream mock_current_stream{};
@@ -134,6 +140,7 @@ struct CUDAStreamGuard {
 struct CUDAGuard {
   explicit CUDAGuard(c10::Device) {}
 };
+inline CUDAStream getCurrentCUDAStream(c10::DeviceIndex) { return mock_current_stream; }
 
 enum class CaptureStatus { None, Active };
 inline CaptureStatus mock_capture_status = CaptureStatus::None;
@@ -143,10 +150,6 @@ inline CaptureStatus currentStreamCaptureStatusMayInitCtx() { return mock_captur
 
 namespace at::cuda {
 
-inline cublasHandle_t getCurrentCUDABlasHandle() {
-  static int handle = 0;
-  return &handle;
-}
 
 struct CUDAEvent {
   void record(const c10::cuda::CUDAStream&) { ++c10::cuda::mock_event_records; }

@@ -1,19 +1,24 @@
 """Runs the CUDA recurrence driver WITHOUT a GPU and compares it with the CPU driver.
 
-csrc/cuda/recurrence_cuda.cu is rewritten into plain C++ (its CUDA and cuBLAS headers swapped
-for cuda_mock.h, each `kernel<<<grid, block, 0, stream>>>(args)` for a loop over the grid's
-threads in shuffled order, cuBLAS for a reference column-major GEMM with cuBLAS's argument
-checks) and built with harness.cpp, csrc/layer.cpp and csrc/cpu/ into a throwaway library.
-Then both drivers run on the same inputs for every cell, direction count, projection, bias,
-lengths pattern, training flag and dtype, and every output must agree.
+csrc/cuda/'s shared part (common.cuh, common.cu, cell_unit.cuh), standard path (standard.cu)
+and dispatch (dispatch.h, dispatch.cpp) are joined into one plain C++ file (their CUDA and
+cuBLAS headers swapped for cuda_mock.h, the one `kernel<<<grid, block, 0, stream>>>(args)` in
+launch_1d for a loop over the grid's threads in shuffled order, cuBLAS for a reference
+column-major GEMM with cuBLAS's argument checks, mixed output types included) and built with
+harness.cpp, csrc/layer.cpp and csrc/cpu/ into a throwaway library. Then both drivers run on
+the same inputs for every cell, direction count, projection, bias, lengths pattern (none,
+full, mixed, a zero length, all shorter than T, all zero), training flag and dtype. float64
+and float32 must agree with the CPU driver; float16/bfloat16, whose CUDA driver carries its
+state in float32, must be no further from a float64 run than 1.5x the CPU driver's error.
 
-What this checks: the index arithmetic, the GEMMs' shapes and leading dimensions, the lengths
-handling (padding zeroed, state carried, reverse starts per sequence, no skipped steps), that
-every output element is written (outputs start as NaN) and that no thread reads another
-thread's result. What it cannot check: real concurrency between streams, cuBLAS itself,
+What this checks: the index arithmetic, the GEMMs' shapes, leading dimensions and types, the
+lengths handling (padding zeroed, state carried, reverse starts per sequence, steps past the
+longest sequence zeroed and never visited), the float32 carries, that every output element is
+written (outputs start as NaN), that no thread reads another thread's result, and the
+fork/join event count. What it cannot check: real concurrency between streams, cuBLAS itself,
 device compilation, CUDA graph capture.
 
-    /work/venv/bin/python scripts/cuda_emulation/emulate.py      # CPU torch is enough
+    .venv/bin/python scripts/cuda_emulation/emulate.py      # CPU torch is enough (~4 min)
 """
 
 import glob
@@ -36,21 +41,34 @@ TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfl
 
 
 def emulated_source():
-    """recurrence_cuda.cu as C++ for the mock: (text, number of rewritten launches)."""
-    with open(os.path.join(CSRC, "cuda", "recurrence_cuda.cu")) as f:
-        src = f.read()
+    """csrc/cuda/'s shared part, standard path and dispatch amalgamated into one C++ file for
+    the mock: (text, number of rewritten launches)."""
+    cuda = os.path.join(CSRC, "cuda")
+
+    def read(name):
+        with open(os.path.join(cuda, name)) as f:
+            return f.read()
+    parts = [read(n) for n in ("common.cuh", "cell_unit.cuh", "dispatch.h", "common.cu",
+                                "standard.cu", "dispatch.cpp")]
+    src = "\n".join(parts)
+    src = src.replace("#pragma once\n", "")
     src, n_inc = re.subn(r'#include <(ATen/cuda|c10/cuda)/[^>]+>\n', "", src)
-    src = src.replace("#include <torch/library.h>\n", '#include "cuda_mock.h"\n', 1)
-    src = src.replace('"../birnn.h"', '"birnn.h"').replace('#include "../register.h"\n', "")
+    src = src.replace("#include <torch/library.h>\n", "")
+    for local in ("common.cuh", "cell_unit.cuh", "dispatch.h", "../register.h"):
+        src = src.replace(f'#include "{local}"\n', "")
+    src = src.replace('"../birnn.h"', '"birnn.h"').replace('"../cells.h"', '"cells.h"')
+    src = src.replace("at::Device(at::kCUDA, device)", "at::Device(at::kCPU)")
     src, n_launch = re.subn(r"(\w+)<<<(.+?)>>>\((.*?)\);", r"mock_launch(\1, \2, \3);", src)
     cut = src.index("TORCH_LIBRARY_IMPL(birnn_ext, CUDA")
-    assert n_inc > 0 and '#include "cuda_mock.h"' in src and n_launch > 0
-    return src[:cut], n_launch
+    assert n_inc > 0 and n_launch > 0
+    return '#include "cuda_mock.h"\n' + src[:cut], n_launch
 
 
 def build():
     src, n_launch = emulated_source()
-    folder = tempfile.mkdtemp(prefix="birnn-cuda-emulation-")
+    # BIRNN_EMULATION_BUILD names a folder to reuse between runs (ninja rebuilds what changed).
+    folder = os.environ.get("BIRNN_EMULATION_BUILD") or tempfile.mkdtemp(prefix="birnn-emul-")
+    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "recurrence_cuda_emulated.cpp")
     with open(path, "w") as f:
         f.write(src)
@@ -115,7 +133,9 @@ def lengths_patterns(T, B):
     mixed = [(T - 1 - (3 * b) % T) if b % 3 else T for b in range(B)]  # includes T-1.. and T
     with_zero = list(mixed)
     with_zero[min(1, B - 1)] = 0
-    return {"none": None, "full": full, "mixed": mixed, "with_zero": with_zero}
+    short = [max(0, T - 2 - (b % 3)) for b in range(B)]  # every sequence shorter than T
+    return {"none": None, "full": full, "mixed": mixed, "with_zero": with_zero, "short": short,
+            "all_zero": [0] * B}
 
 
 def main():
@@ -133,7 +153,7 @@ def main():
                     for bias in (True, False):
                         for lname, lengths in lengths_patterns(T, B).items():
                             dtypes = [torch.float64]
-                            if lname == "mixed" and bias:
+                            if lname in ("mixed", "short") and bias:
                                 dtypes += [torch.float32, torch.float16, torch.bfloat16]
                             for dtype in dtypes:
                                 case = make_case(cell, D, T, B, H, proj, bias, lengths, dtype,
@@ -147,10 +167,13 @@ def main():
                                     return 1
                                 worst[dtype] = max(worst.get(dtype, 0.0), err)
                                 n += 1
-    check_lengths_handling(ops, gen)
     assert pool_draws[0] == 2, f"{pool_draws[0]} streams drawn from the pool, expected 2"
     print(f"OK: {n} cases agree; worst relative error per dtype: "
           + ", ".join(f"{str(k).replace('torch.', '')} {v:.2g}" for k, v in worst.items()))
+    better = sum(1 for a, b, _ in ratios if a <= b)
+    print(f"float16/bfloat16 against float64: the emulated CUDA driver's error <= the CPU "
+          f"driver's in {better}/{len(ratios)} comparisons; worst CUDA "
+          f"{max(r[0] for r in ratios):.3g}, worst CPU {max(r[1] for r in ratios):.3g}")
     print(f"total {time.time() - t0:.0f}s")
     return 0
 
@@ -158,46 +181,67 @@ def main():
 pool_draws = [0]  # streams taken from the pool over the whole run
 
 
+def cast_case(case, dtype):
+    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            for k, v in case.items()}
+
+
+ratios = []
+
+
 def check_case(ops, cell, case, dtype, D):
     worst = 0.0
     names = ["output", "h_n", "c_n", "reserve"]
+    low = dtype in (torch.float16, torch.bfloat16)
+    truth_case = cast_case(case, torch.float64) if low else None
     for training in (False, True):
         ref = run_forward(ops, cell, case, False, training)
         ops.counters()
         got = run_forward(ops, cell, case, True, training)
         gemms, records, blocks, pool = ops.counters()
-        # One fork record + two join records; the two pooled streams are drawn once per
-        # thread (by the first two-direction call), not per call.
-        assert (records, blocks) == ((3, 4) if D == 2 else (0, 0)) and pool <= 2, \
+        # One fork record + a join record per direction; the two pooled streams are drawn
+        # once per thread (by the first call), not per call; no step at all, no fork.
+        runs = case["lengths"] is None or int(case["lengths"].max()) > 0
+        forks = ((3, 4) if D == 2 else (2, 2)) if runs else (0, 0)
+        assert (records, blocks) == forks and pool <= 2, \
             f"events/streams: {records} records, {blocks} waits, {pool} pool streams"
         pool_draws[0] += pool
-        for name, r, g in zip(names, ref, got):
-            worst = max(worst, compare(f"forward {name} (training={training})", r, g, dtype))
+        if low:
+            truth = run_forward(ops, cell, truth_case, False, training)
+        for i, (name, r, g) in enumerate(zip(names, ref, got)):
+            if low:
+                worst = max(worst, compare_truth(f"forward {name} (training={training})", r, g,
+                                                 truth[i]))
+            else:
+                worst = max(worst, compare(f"forward {name} (training={training})", r, g, dtype))
     output, reserve = ref[0], ref[3]
     ref_b = run_backward(ops, cell, case, False, output, reserve)
     got_b = run_backward(ops, cell, case, True, output, reserve)
-    for name, r, g in zip(["dh0", "dc0", "dgates_x", "dgates_h", "dh_total"], ref_b, got_b):
-        worst = max(worst, compare(f"backward {name}", r, g, dtype))
+    if low:
+        truth_b = run_backward(ops, cell, truth_case, False, output.double(), reserve.double())
+    grad_names = ["dh0", "dc0", "dgates_x", "dgates_h", "dh_total"]
+    for i, (name, r, g) in enumerate(zip(grad_names, ref_b, got_b)):
+        if low:
+            worst = max(worst, compare_truth(f"backward {name}", r, g, truth_b[i]))
+        else:
+            worst = max(worst, compare(f"backward {name}", r, g, dtype))
     return worst
 
 
-def check_lengths_handling(ops, gen):
-    """Bad lengths: an error outside capture; clamped into [0, T] under (mock) graph capture."""
-    T, B, H = 5, 4, 3
-    case = make_case("gru", 2, T, B, H, 0, True, [T, 2, 0, 1], torch.float64, gen)
-    bad = torch.tensor([T + 3, 2, -2, 1], dtype=torch.int64)
-    try:
-        run_forward(ops, "gru", case, True, True, lengths=bad)
-    except RuntimeError as exc:
-        assert "lengths must lie in [0, T=5]" in str(exc), exc
-    else:
-        raise AssertionError("bad lengths passed the host check")
-    clamped = run_forward(ops, "gru", case, True, True, capturing=True, lengths=bad)
-    ref = run_forward(ops, "gru", case, False, True,
-                      lengths=torch.tensor([T, 2, 0, 1], dtype=torch.int64))
-    for name, r, g in zip(["output", "h_n", "c_n", "reserve"], ref, clamped):
-        compare(f"clamped lengths {name}", r, g, torch.float64)
-    print("OK: bad lengths raise outside capture and are clamped under capture")
+def compare_truth(name, ref, got, truth):
+    """Reduced precision: the emulated CUDA driver's error against a float64 run may be at
+    most 1.5x the CPU driver's, plus a floor of 2 ulps of bfloat16 at the truth's scale."""
+    assert ref.shape == got.shape == truth.shape, name
+    if ref.numel() == 0:
+        return 0.0
+    assert not torch.isnan(got).any(), f"{name}: NaN"
+    scale = truth.abs().max().clamp_min(1.0).item()
+    e_cpu = (ref.double() - truth).abs().max().item() / scale
+    e_cuda = (got.double() - truth).abs().max().item() / scale
+    ratios.append((e_cuda, e_cpu, name))
+    assert e_cuda <= 1.5 * e_cpu + 2 * 2**-8, \
+        f"{name}: emulated CUDA error {e_cuda:.3g} > 1.5 x the CPU driver's {e_cpu:.3g}"
+    return e_cuda
 
 
 if __name__ == "__main__":

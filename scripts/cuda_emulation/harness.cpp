@@ -10,6 +10,11 @@
 #include "birnn.h"
 #include "cuda_mock.h"
 
+namespace birnn {
+at::Tensor cuda_lengths_to_device(const at::Tensor& t, const at::Device&) { return t; }
+at::Tensor cuda_lengths_to_host(const at::Tensor& t) { return t; }
+}  // namespace birnn
+
 namespace {
 
 using birnn::CellKind;
@@ -35,6 +40,7 @@ std::vector<at::Tensor> forward(int64_t cell, bool emulated, bool capturing,
   a.cell = kind;
   a.gates_x = gates_x.contiguous();
   a.lengths = or_undefined(lengths);
+  a.max_length = a.lengths.defined() && a.lengths.numel() > 0 ? a.lengths.max().item<int64_t>() : T;
   a.w_hh = w_hh.contiguous();
   a.b_hh = or_undefined(b_hh);
   a.w_hr = or_undefined(w_hr);
@@ -69,6 +75,7 @@ std::vector<at::Tensor> backward(int64_t cell, bool emulated, const at::Tensor& 
   a.cell = kind;
   a.grad_output = grad_output.contiguous();
   a.lengths = or_undefined(lengths);
+  a.max_length = a.lengths.defined() && a.lengths.numel() > 0 ? a.lengths.max().item<int64_t>() : T;
   a.w_hh = w_hh.contiguous();
   a.w_hr = or_undefined(w_hr);
   a.output = output.contiguous();

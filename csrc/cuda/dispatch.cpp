@@ -1,0 +1,123 @@
+// The one dispatch point of the CUDA recurrence: which kernel path runs a layer, chosen from
+// BIRNN_EXT_KERNEL and the layer's shape, and the CUDA registration of the ops.
+//
+// Why one place. The benchmark records name the path that ran (birnn_ext.kernel_path() asks
+// chosen_path() with the configuration's shape), so the choice must be made by exactly one
+// function that both the ops and that query call. The variable is read on every layer call
+// (a getenv: nothing next to the layer's launches), so a test or benchmark can switch paths
+// within one process.
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cctype>
+#include <cstdlib>
+#include <string>
+
+#include "../register.h"
+#include "dispatch.h"
+
+namespace birnn {
+namespace cuda {
+namespace {
+
+// One kernel path: its name (what BIRNN_EXT_KERNEL and kernel_path() say), its entry points,
+// and whether it can run a layer of a given shape (nullptr: any layer).
+struct Path {
+  const char* name;
+  void (*forward)(const ForwardArgs&);
+  void (*backward)(const BackwardArgs&);
+  bool (*supports)(const LayerShape&);
+};
+
+// Every path built into this binary. A new path adds its row here.
+constexpr Path kPaths[] = {
+    {"standard", &standard_forward, &standard_backward, nullptr},
+};
+
+constexpr const char* kEnvVar = "BIRNN_EXT_KERNEL";
+
+// The paths BIRNN_EXT_KERNEL may name: those built, plus those announced but not built yet
+// (asking for one of those says so instead of calling it unknown).
+constexpr const char* kNotBuiltYet[] = {"persistent"};
+
+const Path* find_path(const std::string& name) {
+  for (const Path& p : kPaths) {
+    if (name == p.name) return &p;
+  }
+  return nullptr;
+}
+
+std::string requested_path() {
+  const char* env = std::getenv(kEnvVar);
+  std::string value = env != nullptr ? env : "";
+  if (value.empty()) value = "auto";
+  for (char& ch : value) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return value;
+}
+
+const Path& choose(const LayerShape& shape) {
+  const std::string requested = requested_path();
+  if (requested == "auto") {
+    // No GPU record has yet shown a path other than the standard one correct and faster.
+    return kPaths[0];
+  }
+  const Path* path = find_path(requested);
+  if (path == nullptr) {
+    for (const char* name : kNotBuiltYet) {
+      TORCH_CHECK(requested != name, "birnn_ext: ", kEnvVar, "=", requested,
+                  ": the ", requested, " CUDA kernel path is not part of this build yet; use ",
+                  kEnvVar, "=standard or auto");
+    }
+    std::string known = "auto";
+    for (const Path& p : kPaths) known += std::string(", ") + p.name;
+    TORCH_CHECK(false, "birnn_ext: unknown ", kEnvVar, "=", requested, "; expected one of: ",
+                known);
+  }
+  TORCH_CHECK(path->supports == nullptr || path->supports(shape), "birnn_ext: ", kEnvVar, "=",
+              requested, " cannot run this layer (H = ", shape.H, ", B = ", shape.B,
+              ", dtype ", shape.dtype, "); use ", kEnvVar, "=auto");
+  return *path;
+}
+
+LayerShape shape_of(const at::Tensor& output, const at::Tensor& w_hh, CellKind cell,
+                    bool training) {
+  // output [T, B, D, Hout], w_hh [D, G*H, Hout]
+  LayerShape s;
+  s.dtype = output.scalar_type();
+  s.G = num_gates(cell);
+  s.T = output.size(0), s.B = output.size(1), s.D = output.size(2), s.Hout = output.size(3);
+  s.H = w_hh.size(1) / s.G;
+  s.training = training;
+  return s;
+}
+
+}  // namespace
+
+std::string chosen_path(const LayerShape& shape) { return choose(shape).name; }
+
+at::ScalarType dtype_from_name(const std::string& name) {
+  if (name.empty()) return at::ScalarType::Undefined;
+  for (const at::ScalarType t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+    // "float32" for torch.float32: Python's str(dtype) without "torch."
+    if (name == c10::getDtypeNames(t).first) return t;
+  }
+  TORCH_CHECK(false, "birnn_ext: the CUDA recurrence has no path for dtype ", name);
+}
+
+}  // namespace cuda
+
+void forward_recurrence_cuda(const ForwardArgs& a) {
+  const c10::cuda::CUDAGuard device_guard(a.output.device());
+  cuda::choose(cuda::shape_of(a.output, a.w_hh, a.cell, a.reserve.defined())).forward(a);
+}
+
+void backward_recurrence_cuda(const BackwardArgs& a) {
+  const c10::cuda::CUDAGuard device_guard(a.dgates_x.device());
+  cuda::choose(cuda::shape_of(a.output, a.w_hh, a.cell, true)).backward(a);
+}
+
+}  // namespace birnn
+
+TORCH_LIBRARY_IMPL(birnn_ext, CUDA, m) {
+  BIRNN_REGISTER_LAYER_OPS(m);
+}
