@@ -72,8 +72,8 @@ for src in "$ROOT"/csrc/cuda/persistent_*.cu; do
   echo "== nvcc $name.cu (${ARCHS})"
   start=$SECONDS
   gencode=("${GENCODE[@]}")
-  # Host code only (no kernels): one arch is enough to compile it.
-  grep -q "__global__\|persistent_kernels.h" "$src" || gencode=("${GENCODE[0]}")
+  # Host code only (it instantiates no kernel): one arch is enough to compile it.
+  [ "$name" = persistent_launch ] && gencode=("${GENCODE[0]}")
   if ! nice -n 19 "$NVCC" -c "$src" -o "$OUT/$name.o" "${FLAGS[@]}" "${gencode[@]}" \
       --threads "${NVCC_THREADS:-2}" -Xptxas -v > "$OUT/$name.log" 2>&1; then
     grep -v "Wc++20-extensions\|bit-fields only available" "$OUT/$name.log" | tail -n 40

@@ -5,12 +5,11 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <climits>
 #include <string>
 
 #include "persistent.h"
-#include "persistent_kernels.h"
 #include "persistent_launch.h"
+#include "persistent_params.h"
 
 namespace birnn {
 namespace persistent {
@@ -34,7 +33,9 @@ bool backward_plan(const BackwardArgs& a, const cudaDeviceProp& prop, LayerShape
     if (why != nullptr) *why = "the driver is asked to run the large GEMMs";
     return false;
   }
-  if (!a.dgates_x.defined() || (a.output.defined() && a.dgates_x.device() != a.output.device())) {
+  if (!a.dgates_x.defined() || !a.output.defined() ||
+      a.dgates_x.device() != a.output.device() ||
+      a.dgates_x.scalar_type() != a.output.scalar_type()) {
     if (why != nullptr) *why = "not a CUDA layer";
     return false;
   }
@@ -45,50 +46,13 @@ bool backward_plan(const BackwardArgs& a, const cudaDeviceProp& prop, LayerShape
 template <typename Cell, typename T>
 void launch_backward(const BackwardArgs& a, const LayerShape& shape, const Plan& plan,
                      cudaStream_t stream) {
-  const int64_t T_ = shape.steps, B = shape.batch, D = shape.dirs, H = shape.hidden;
-  const int64_t GH = Cell::kGates * H;
-  constexpr bool kLstm = Cell::kCellSlot >= 0;
-  const at::Tensor& like = a.dgates_x;
-  assert_tensor(a.grad_output, {T_, B, D, H}, like, "grad_output");
-  if (a.lengths.defined()) assert_tensor(a.lengths, {B}, like, "lengths", at::kLong);
-  assert_tensor(a.w_hh, {D, GH, H}, like, "w_hh");
-  assert_tensor(a.output, {T_, B, D, H}, like, "output");
-  assert_tensor(a.h0, {D, B, H}, like, "h0");
-  if constexpr (kLstm) assert_tensor(a.c0, {D, B, H}, like, "c0");
-  assert_tensor(a.reserve, {T_, B, D, Cell::kReserve * H}, like, "reserve");
-  assert_tensor(a.dh, {D, B, H}, like, "dh");
-  if constexpr (kLstm) assert_tensor(a.dc, {D, B, H}, like, "dc");
-  assert_tensor(a.dgates_x, {T_, B, D, GH}, like, "dgates_x");
-  assert_tensor(a.dgates_h, {T_, B, D, GH}, like, "dgates_h");
-  TORCH_INTERNAL_ASSERT(Cell::kSplitHiddenGrad || a.dgates_h.is_same(a.dgates_x),
-                        "birnn_ext: dgates_h must be dgates_x for this cell");
-  TORCH_INTERNAL_ASSERT(!Cell::kSplitHiddenGrad || !a.dgates_h.is_same(a.dgates_x),
-                        "birnn_ext: a GRU needs its own dgates_h");
-
-  // Scratch: dh_state and dc_state [D, B, H] float32.
-  const int64_t states = D * B * H;
-  const int64_t region_bytes[2] = {states * 4, kLstm ? states * 4 : 0};
-  int64_t offsets[2];
-  const Scratch scratch = make_scratch(like, region_bytes, offsets, 2, shape.dirs, stream);
-
-  BackwardParams<T> p{};
-  p.grad_output = a.grad_output.data_ptr<T>();
-  p.lengths = a.lengths.defined() ? a.lengths.data_ptr<int64_t>() : nullptr;
-  p.w_hh = a.w_hh.data_ptr<T>();
-  p.output = a.output.data_ptr<T>();
-  p.h0 = a.h0.data_ptr<T>();
-  p.c0 = kLstm ? a.c0.data_ptr<T>() : nullptr;
-  p.reserve = Cell::kReserve > 0 ? a.reserve.data_ptr<T>() : nullptr;
-  p.dh = a.dh.data_ptr<T>();
-  p.dc = kLstm ? a.dc.data_ptr<T>() : nullptr;
-  p.dgates_x = a.dgates_x.data_ptr<T>();
-  p.dgates_h = a.dgates_h.data_ptr<T>();
-  p.dh_state = reinterpret_cast<float*>(scratch.base + offsets[0]);
-  p.dc_state = kLstm ? reinterpret_cast<float*>(scratch.base + offsets[1]) : nullptr;
-  p.counters = scratch.counters;
-  static_cast<Geometry&>(p) = geometry_of(shape, plan);
-  launch_cooperative(reinterpret_cast<const void*>(&backward_kernel<Cell, T>), shape, plan, &p,
-                     stream);
+  const Geometry g = geometry_of(shape, plan);
+  const Scratch scratch = make_scratch(a.dgates_x, backward_scratch_bytes<Cell, T>(g), g.dirs,
+                                       stream);
+  const BackwardParams<T> params = make_backward_params<Cell, T>(
+      a, g, scratch.base, scratch.offsets.data(), scratch.counters);
+  launch_cooperative(reinterpret_cast<const void*>(&backward_kernel<Cell, T>), shape, plan,
+                     &params, stream);
 }
 
 }  // namespace

@@ -5,12 +5,11 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <climits>
 #include <string>
 
 #include "persistent.h"
-#include "persistent_kernels.h"
 #include "persistent_launch.h"
+#include "persistent_params.h"
 
 namespace birnn {
 namespace persistent {
@@ -43,46 +42,13 @@ bool forward_plan(const ForwardArgs& a, const cudaDeviceProp& prop, LayerShape* 
 template <typename Cell, typename T, bool kTraining>
 void launch_forward(const ForwardArgs& a, const LayerShape& shape, const Plan& plan,
                     cudaStream_t stream) {
-  const int64_t T_ = shape.steps, B = shape.batch, D = shape.dirs, H = shape.hidden;
-  const int64_t GH = Cell::kGates * H;
-  // The op layer (csrc/layer.cpp) built these; their layout is what the kernel indexes.
-  const at::Tensor& like = a.output;
-  assert_tensor(a.gates_x, {T_, B, D, GH}, like, "gates_x");
-  assert_tensor(a.w_hh, {D, GH, H}, like, "w_hh");
-  if (a.b_hh.defined()) assert_tensor(a.b_hh, {D, GH}, like, "b_hh");
-  if (a.lengths.defined()) assert_tensor(a.lengths, {B}, like, "lengths", at::kLong);
-  assert_tensor(a.output, {T_, B, D, H}, like, "output");
-  assert_tensor(a.h, {D, B, H}, like, "h");
-  if constexpr (Cell::kCellSlot >= 0) assert_tensor(a.c, {D, B, H}, like, "c");
-  TORCH_INTERNAL_ASSERT(a.reserve.defined() == kTraining);
-  if constexpr (kTraining) {
-    assert_tensor(a.reserve, {T_, B, D, Cell::kReserve * H}, like, "reserve");
-  }
-
-  // Scratch: h_bcast [2, D, B, H] (storage dtype), h_state and c_state [D, B, H] float32.
-  const int64_t states = D * B * H;
-  const int64_t region_bytes[3] = {2 * states * int64_t(sizeof(T)), states * 4,
-                                   Cell::kCellSlot >= 0 ? states * 4 : 0};
-  int64_t offsets[3];
-  const Scratch scratch = make_scratch(like, region_bytes, offsets, 3, shape.dirs, stream);
-
-  ForwardParams<T> p{};
-  p.gates_x = a.gates_x.data_ptr<T>();
-  p.w_hh = a.w_hh.data_ptr<T>();
-  p.b_hh = a.b_hh.defined() ? a.b_hh.data_ptr<T>() : nullptr;
-  p.lengths = a.lengths.defined() ? a.lengths.data_ptr<int64_t>() : nullptr;
-  p.output = a.output.data_ptr<T>();
-  p.h = a.h.data_ptr<T>();
-  p.c = Cell::kCellSlot >= 0 ? a.c.data_ptr<T>() : nullptr;
-  p.reserve = kTraining ? a.reserve.data_ptr<T>() : nullptr;
-  p.h_bcast = reinterpret_cast<T*>(scratch.base + offsets[0]);
-  p.h_state = reinterpret_cast<float*>(scratch.base + offsets[1]);
-  p.c_state = Cell::kCellSlot >= 0 ? reinterpret_cast<float*>(scratch.base + offsets[2])
-                                   : nullptr;
-  p.counters = scratch.counters;
-  static_cast<Geometry&>(p) = geometry_of(shape, plan);
+  const Geometry g = geometry_of(shape, plan);
+  const Scratch scratch = make_scratch(a.output, forward_scratch_bytes<Cell, T>(g), g.dirs,
+                                       stream);
+  const ForwardParams<T> params = make_forward_params<Cell, T, kTraining>(
+      a, g, scratch.base, scratch.offsets.data(), scratch.counters);
   launch_cooperative(reinterpret_cast<const void*>(&forward_kernel<Cell, T, kTraining>), shape,
-                     plan, &p, stream);
+                     plan, &params, stream);
 }
 
 }  // namespace

@@ -32,9 +32,15 @@
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <cuda_fp16.h>
 
 #include <cstdint>
+
+#if !defined(BIRNN_PERSISTENT_EMULATION)
+#include <cuda_fp16.h>
+// The block's dynamic shared memory (the CPU emulation, tests/persistent_emulation/, gives
+// each emulated block its own buffer instead).
+#define BIRNN_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 #include "../birnn.h"
 #include "persistent_plan.h"
@@ -317,7 +323,7 @@ __device__ __forceinline__ void backward_point(const BackwardParams<T>& p, int d
 template <typename Cell, typename T, bool kTraining>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParams<T> p) {
   constexpr int G = Cell::kGates;
-  extern __shared__ __align__(16) unsigned char smem[];
+  BIRNN_DYNAMIC_SMEM(smem);
   T* w_s = reinterpret_cast<T*>(smem);                      // [K][rows_pad]
   T* x_s = reinterpret_cast<T*>(smem + p.weight_bytes);     // [K][batch_chunk]
   float* red = reinterpret_cast<float*>(smem + p.weight_bytes);  // overlays x_s
@@ -385,7 +391,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardParam
 template <typename Cell, typename T>
 __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardParams<T> p) {
   constexpr int G = Cell::kGates;
-  extern __shared__ __align__(16) unsigned char smem[];
+  BIRNN_DYNAMIC_SMEM(smem);
   T* w_s = reinterpret_cast<T*>(smem);                      // [K][rows_pad], K = G*H
   T* x_s = reinterpret_cast<T*>(smem + p.weight_bytes);     // [K][batch_chunk]
   float* red = reinterpret_cast<float*>(smem + p.weight_bytes);  // overlays x_s

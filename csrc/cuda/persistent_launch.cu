@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "persistent_launch.h"
+#include "persistent_params.h"
 #include "persistent_sync.h"
 
 namespace birnn {
@@ -137,22 +138,22 @@ bool plan_recurrence(CellKind cell, const at::Tensor& output, bool has_projectio
   return true;
 }
 
-Scratch make_scratch(const at::Tensor& like, const int64_t* region_bytes, int64_t* offsets,
-                     int regions, int dirs, cudaStream_t stream) {
+Scratch make_scratch(const at::Tensor& like, const std::vector<int64_t>& region_bytes, int dirs,
+                     cudaStream_t stream) {
   constexpr int64_t kAlign = 256;
+  Scratch s;
   int64_t total = 0;
-  for (int i = 0; i < regions; ++i) {
-    TORCH_INTERNAL_ASSERT(region_bytes[i] >= 0);
-    offsets[i] = total;
-    total += round_up(region_bytes[i], kAlign);
+  for (const int64_t bytes : region_bytes) {
+    TORCH_INTERNAL_ASSERT(bytes >= 0);
+    s.offsets.push_back(total);
+    total += round_up(bytes, kAlign);
   }
   const int64_t counter_offset = total;
   const int64_t counter_bytes = int64_t(dirs) * kCounterStride * sizeof(unsigned);
   total += round_up(counter_bytes, kAlign);
-  Scratch s;
   {
-    // Allocated for `stream`, so the caching allocator reuses the block only after the
-    // work queued on `stream` by then, the launch included.
+    // Allocated for `stream`, so the caching allocator hands the block out again only to
+    // work queued on `stream` after this launch.
     const c10::cuda::CUDAStreamGuard guard(
         c10::cuda::getStreamFromExternal(stream, like.device().index()));
     s.storage = at::empty({total}, like.options().dtype(at::kByte));
@@ -164,7 +165,7 @@ Scratch make_scratch(const at::Tensor& like, const int64_t* region_bytes, int64_
 }
 
 void launch_cooperative(const void* kernel, const LayerShape& shape, const Plan& plan,
-                        void* params, cudaStream_t stream) {
+                        const void* params, cudaStream_t stream) {
   const std::string broken = plan_violation(shape, plan);
   TORCH_INTERNAL_ASSERT(broken.empty(), "birnn_ext: persistent plan invariant broken: ", broken);
   TORCH_INTERNAL_ASSERT(kernel != nullptr && params != nullptr);
@@ -178,22 +179,9 @@ void launch_cooperative(const void* kernel, const LayerShape& shape, const Plan&
   attribute.val.cooperative = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  void* args[] = {params};
+  void* args[] = {const_cast<void*>(params)};  // the runtime copies the argument
   C10_CUDA_CHECK(cudaLaunchKernelExC(&config, kernel, args));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void assert_tensor(const at::Tensor& t, at::IntArrayRef sizes, const at::Tensor& like,
-                   const char* name, std::optional<at::ScalarType> dtype) {
-  TORCH_INTERNAL_ASSERT(t.defined(), "birnn_ext: persistent: ", name, " is undefined");
-  TORCH_INTERNAL_ASSERT(t.device() == like.device(), "birnn_ext: persistent: ", name,
-                        " is on ", t.device(), ", expected ", like.device());
-  TORCH_INTERNAL_ASSERT(t.scalar_type() == dtype.value_or(like.scalar_type()),
-                        "birnn_ext: persistent: ", name, " has dtype ", t.scalar_type());
-  TORCH_INTERNAL_ASSERT(t.sizes() == sizes, "birnn_ext: persistent: ", name, " has shape ",
-                        t.sizes(), ", expected ", sizes);
-  TORCH_INTERNAL_ASSERT(t.is_contiguous(), "birnn_ext: persistent: ", name,
-                        " is not contiguous");
 }
 
 void count_launch(int which) {

@@ -45,6 +45,9 @@ constexpr uint64_t kWaitTimeoutNs = 20ull * 1000 * 1000 * 1000;
 // so the two directions' pollers never contend for one line.
 constexpr int kCounterStride = 32;
 
+#if !defined(BIRNN_PERSISTENT_EMULATION)
+// (The CPU emulation of the kernels, tests/persistent_emulation/emulation.h, defines these
+// three as plain C++ instead.)
 __device__ __forceinline__ unsigned load_acquire_gpu(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -61,6 +64,7 @@ __device__ __forceinline__ uint64_t global_timer_ns() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
+#endif  // !BIRNN_PERSISTENT_EMULATION
 
 // All threads of the block call this. Returns once *counter >= target, with everything
 // released before those increments visible to every thread of the block.
