@@ -106,6 +106,9 @@ for arch in ${ARCHS//;/ }; do
   fi
 done
 
+step "persistent kernels: ptxas's registers, shared memory and spills (fails on any spill)"
+PYTHON="$PY" bash "$SRC/scripts/check_persistent_build.sh" "$WORK/persistent-build"
+
 step "install the wheel and import it from outside the source tree"
 "$PY" -m pip install --quiet --no-deps --force-reinstall "$WHEEL"
 RUN="$WORK/run"

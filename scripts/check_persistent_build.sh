@@ -13,7 +13,7 @@
 #   scripts/check_persistent_build.sh [OUTDIR]
 #
 # Environment: PYTHON (a python whose torch is a CUDA build, for its headers; default: the
-# first of /work/cuda-venv/bin/python, .venv/bin/python, python3 that has torch), ARCHS
+# first of .venv/bin/python and python3 that has torch; CI's CUDA lane passes its own), ARCHS
 # (default "80 90a"), NVCC_THREADS (default 2). The toolkit is the one behind the nvcc on
 # PATH (its TOP= line; the nvcc on PATH may be a wrapper), or CUDA_HOME.
 set -euo pipefail
@@ -25,7 +25,7 @@ ARCHS="${ARCHS:-80 90a}"
 fail() { echo "check_persistent_build: $*" >&2; exit 1; }
 
 if [ -z "${PYTHON:-}" ]; then
-  for candidate in /work/cuda-venv/bin/python "$ROOT/.venv/bin/python" python3; do
+  for candidate in "$ROOT/.venv/bin/python" python3; do
     if command -v "$candidate" >/dev/null && "$candidate" -c 'import torch' 2>/dev/null; then
       PYTHON="$candidate"; break
     fi

@@ -29,16 +29,25 @@ def test_auto_and_standard_choose_the_standard_path(monkeypatch, value):
     assert birnn_ext.kernel_path("cuda") == "cuda-standard"  # shape unknown
 
 
-def test_persistent_is_refused_until_it_is_built(monkeypatch):
+def test_persistent_is_chosen_only_when_asked_for(monkeypatch):
+    """`auto` never takes the persistent path (no GPU record has shown it correct yet);
+    BIRNN_EXT_KERNEL=persistent names it, and refuses a layer beyond its on-chip limits
+    (or, without a GPU, one whose limits cannot be read)."""
     monkeypatch.setenv("BIRNN_EXT_KERNEL", "persistent")
-    with pytest.raises(RuntimeError, match="persistent CUDA kernel path is not part of this"):
-        birnn_ext.kernel_path("cuda", **SHAPE)
+    assert birnn_ext.kernel_path("cuda") == "cuda-persistent"  # shape unknown
+    huge = dict(SHAPE, H=8192)
+    with pytest.raises(RuntimeError):
+        birnn_ext.kernel_path("cuda", **huge)
+    if torch.cuda.is_available():
+        assert birnn_ext.kernel_path("cuda", **dict(SHAPE, H=256, B=16)) == "cuda-persistent"
+        with pytest.raises(RuntimeError, match="cannot run this layer"):
+            birnn_ext.kernel_path("cuda", **huge)
 
 
 def test_unknown_value_names_the_choices(monkeypatch):
     monkeypatch.setenv("BIRNN_EXT_KERNEL", "fastest")
     with pytest.raises(RuntimeError, match="unknown BIRNN_EXT_KERNEL=fastest; expected one of: "
-                                           "auto, standard"):
+                                           "auto, standard, persistent"):
         birnn_ext.kernel_path("cuda", **SHAPE)
 
 

@@ -156,7 +156,7 @@ void cublas_gemm(cublasHandle_t handle, const GemmPrecision& prec, cublasOperati
 }
 
 // Row-major C[M, N] = A[M, K] @ B[N, K]^T + beta * C  (leading dims in elements), which is
-// column-major C^T = B A^T: the same mapping as csrc/cpu/gemm_cpu.h.
+// column-major C^T = B A^T: the same mapping as csrc/cpu/blas.h.
 template <typename T, typename Out>
 void gemm_nt(cublasHandle_t handle, const GemmPrecision& prec, int64_t M, int64_t N, int64_t K,
              const T* A, int64_t lda, const T* B, int64_t ldb, at::opmath_type<T> beta, Out* C,

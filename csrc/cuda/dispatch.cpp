@@ -32,13 +32,10 @@ struct Path {
 // Every path built into this binary. A new path adds its row here.
 constexpr Path kPaths[] = {
     {"standard", &standard_forward, &standard_backward, nullptr},
+    {"persistent", &persistent_forward, &persistent_backward, &persistent_supports},
 };
 
 constexpr const char* kEnvVar = "BIRNN_EXT_KERNEL";
-
-// The paths BIRNN_EXT_KERNEL may name: those built, plus those announced but not built yet
-// (asking for one of those says so instead of calling it unknown).
-constexpr const char* kNotBuiltYet[] = {"persistent"};
 
 const Path* find_path(const std::string& name) {
   for (const Path& p : kPaths) {
@@ -63,11 +60,6 @@ const Path& choose(const LayerShape& shape) {
   }
   const Path* path = find_path(requested);
   if (path == nullptr) {
-    for (const char* name : kNotBuiltYet) {
-      TORCH_CHECK(requested != name, "birnn_ext: ", kEnvVar, "=", requested,
-                  ": the ", requested, " CUDA kernel path is not part of this build yet; use ",
-                  kEnvVar, "=standard or auto");
-    }
     std::string known = "auto";
     for (const Path& p : kPaths) known += std::string(", ") + p.name;
     TORCH_CHECK(false, "birnn_ext: unknown ", kEnvVar, "=", requested, "; expected one of: ",
@@ -80,7 +72,7 @@ const Path& choose(const LayerShape& shape) {
 }
 
 LayerShape shape_of(const at::Tensor& output, const at::Tensor& w_hh, CellKind cell,
-                    bool training) {
+                    bool training, bool backward) {
   // output [T, B, D, Hout], w_hh [D, G*H, Hout]
   LayerShape s;
   s.dtype = output.scalar_type();
@@ -88,6 +80,7 @@ LayerShape shape_of(const at::Tensor& output, const at::Tensor& w_hh, CellKind c
   s.T = output.size(0), s.B = output.size(1), s.D = output.size(2), s.Hout = output.size(3);
   s.H = w_hh.size(1) / s.G;
   s.training = training;
+  s.backward = backward;
   return s;
 }
 
@@ -108,12 +101,12 @@ at::ScalarType dtype_from_name(const std::string& name) {
 
 void forward_recurrence_cuda(const ForwardArgs& a) {
   const c10::cuda::CUDAGuard device_guard(a.output.device());
-  cuda::choose(cuda::shape_of(a.output, a.w_hh, a.cell, a.reserve.defined())).forward(a);
+  cuda::choose(cuda::shape_of(a.output, a.w_hh, a.cell, a.reserve.defined(), false)).forward(a);
 }
 
 void backward_recurrence_cuda(const BackwardArgs& a) {
   const c10::cuda::CUDAGuard device_guard(a.dgates_x.device());
-  cuda::choose(cuda::shape_of(a.output, a.w_hh, a.cell, true)).backward(a);
+  cuda::choose(cuda::shape_of(a.output, a.w_hh, a.cell, true, true)).backward(a);
 }
 
 }  // namespace birnn

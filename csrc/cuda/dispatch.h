@@ -24,11 +24,20 @@ struct LayerShape {
   at::ScalarType dtype = at::ScalarType::Undefined;
   int64_t G = -1, T = -1, B = -1, I = -1, H = -1, Hout = -1, D = -1;
   bool training = false;
+  bool backward = false;  // the choice for the backward recurrence (its limits differ)
 };
 
 // The standard path (csrc/cuda/standard.cu): a cuBLAS GEMM and a fused cell kernel per step.
 void standard_forward(const ForwardArgs& args);
 void standard_backward(const BackwardArgs& args);
+
+// The persistent path (csrc/cuda/persistent*.cu, adapters in persistent_path.cpp): one
+// cooperative launch per layer, every step of both directions, W_hh held on chip. Never run
+// on a GPU yet, so `auto` does not choose it; persistent_supports() is its size limits on the
+// current device (true when the shape is not known).
+void persistent_forward(const ForwardArgs& args);
+void persistent_backward(const BackwardArgs& args);
+bool persistent_supports(const LayerShape& shape);
 
 // The name of the path BIRNN_EXT_KERNEL (read now) selects for a layer of this shape, e.g.
 // "standard"; raises a clear error for an unknown value or a path that is not built or cannot
