@@ -15,11 +15,11 @@ from torch import Tensor
 
 from . import _backend, reference
 
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+# The cells, as the pure-torch implementation knows them (the compiled module's list, from
+# csrc/cells.h's registry, must be the same: _compiled_reserve_widths checks it).
 GATES = reference.GATES
-# Values per (t, b, d) row of `reserve`, in units of H: csrc/cells.h kReserve.
-RESERVE_WIDTH = {"rnn_tanh": 0, "rnn_relu": 0, "lstm": 5, "gru": 4}
-RESERVE_WIDTH_REF = dict.fromkeys(CELLS, 0)
+CELLS = tuple(GATES)
+RESERVE_WIDTH_REF = dict.fromkeys(CELLS, 0)  # the reference recomputes; it reserves nothing
 # The cells torch.nn runs in the autocast dtype, per device type: on CUDA every cell goes to
 # cuDNN, which autocast casts; on the CPU torch.nn.GRU keeps float32 outputs.
 AUTOCAST_CELLS = {"cuda": frozenset(CELLS), "cpu": frozenset({"rnn_tanh", "rnn_relu", "lstm"})}
@@ -132,11 +132,22 @@ def _register_python_side(namespace, reserve_widths):
 _compiled_side_registered = False
 
 
+def _compiled_reserve_widths() -> dict[str, int]:
+    """Values per (t, b, d) row of the compiled ops' `reserve`, in units of H, per cell, from
+    the module's build info (csrc/cells.h's kReserve)."""
+    cells = _backend.build_info()["cells"]
+    names = tuple(c["name"] for c in cells)
+    if names != CELLS or any(c["gates"] != GATES[c["name"]] for c in cells):
+        raise RuntimeError(f"birnn_ext: the compiled module's cells {names} do not match the "
+                           f"Python side's {CELLS}: rebuild the extension")
+    return {c["name"]: c["reserve"] for c in cells}
+
+
 def _register_compiled_side():
     """Fake kernels and autograd for the C++ ops, once their module is loaded."""
     global _compiled_side_registered
     if not _compiled_side_registered and _backend.compiled_module() is not None:
-        _register_python_side("birnn_ext", RESERVE_WIDTH)
+        _register_python_side("birnn_ext", _compiled_reserve_widths())
         _compiled_side_registered = True
 
 

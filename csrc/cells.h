@@ -13,6 +13,12 @@
 //
 // Storage type T (float, double, half, bfloat16); math type A = at::opmath_type<T>
 // (float for half/bfloat16), so reduced precision only rounds at loads and stores.
+//
+// BIRNN_FOR_EACH_CELL is the one list of cells: the enum, the dispatch from a run-time kind
+// to a struct, the op schemas (csrc/ops.cpp), each device's op registration, the explicit
+// instantiations and the cells the Python side sees (the module's build_info) are all made
+// from it. A new cell is one struct below and one line in the list (plus its pure-torch
+// version in birnn_ext/reference.py and its torch.nn module in birnn_ext/modules.py).
 #pragma once
 
 #include <cmath>
@@ -24,9 +30,18 @@
 #define BIRNN_HOST_DEVICE inline
 #endif
 
+// X(op name, CellKind enumerator, cell struct), one line per cell.
+#define BIRNN_FOR_EACH_CELL(X)                          \
+  X(rnn_tanh, RnnTanh, RnnCell<CellKind::RnnTanh>)      \
+  X(rnn_relu, RnnRelu, RnnCell<CellKind::RnnRelu>)      \
+  X(lstm, Lstm, LstmCell)                               \
+  X(gru, Gru, GruCell)
+
 namespace birnn {
 
-enum class CellKind { RnnTanh, RnnRelu, Lstm, Gru };
+#define BIRNN_CELL_ENUMERATOR(name, Kind, Cell) Kind,
+enum class CellKind { BIRNN_FOR_EACH_CELL(BIRNN_CELL_ENUMERATOR) };
+#undef BIRNN_CELL_ENUMERATOR
 
 BIRNN_HOST_DEVICE float exp_(float x) { return ::expf(x); }
 BIRNN_HOST_DEVICE double exp_(double x) { return ::exp(x); }
@@ -88,6 +103,7 @@ template <CellKind Kind>
 struct RnnCell {
   static constexpr int kGates = 1;
   static constexpr int kReserve = 0;
+  static constexpr const char* kReserveSlots = "";  // names of the reserve's H-wide slots
   static constexpr int kCellSlot = -1;             // no cell state
   static constexpr bool kSplitHiddenGrad = false;  // dgates_h == dgates_x
 
@@ -113,7 +129,9 @@ struct RnnCell {
 struct LstmCell {
   static constexpr int kGates = 4;
   static constexpr int kReserve = 5;
-  static constexpr int kCellSlot = 4;  // c' sits at reserve[4H : 5H]
+  static constexpr const char* kReserveSlots = "i f g o c";
+  static constexpr int kOutputGateSlot = 3;  // o sits at reserve[3H : 4H]
+  static constexpr int kCellSlot = 4;        // c' sits at reserve[4H : 5H]
   static constexpr bool kSplitHiddenGrad = false;
 
   template <typename T, typename A>
@@ -135,8 +153,8 @@ struct LstmCell {
       M::store(r.reserve, 0 * H + j, i);
       M::store(r.reserve, 1 * H + j, f);
       M::store(r.reserve, 2 * H + j, g);
-      M::store(r.reserve, 3 * H + j, o);
-      M::store(r.reserve, 4 * H + j, c);
+      M::store(r.reserve, kOutputGateSlot * H + j, o);
+      M::store(r.reserve, kCellSlot * H + j, c);
     }
   }
 
@@ -146,8 +164,8 @@ struct LstmCell {
     A i = M::load(r.reserve, 0 * H + j);
     A f = M::load(r.reserve, 1 * H + j);
     A g = M::load(r.reserve, 2 * H + j);
-    A o = M::load(r.reserve, 3 * H + j);
-    A tanh_c = M::tanh(M::load(r.reserve, 4 * H + j));
+    A o = M::load(r.reserve, kOutputGateSlot * H + j);
+    A tanh_c = M::tanh(M::load(r.reserve, kCellSlot * H + j));
     A dm = M::load(r.dh, j);
     A dc = M::load(r.dc, j) + dm * o * (A(1) - tanh_c * tanh_c);
     A di = dc * g, df = dc * M::load(r.c_prev, j), dg = dc * i, d_o = dm * tanh_c;
@@ -163,6 +181,7 @@ struct LstmCell {
 struct GruCell {
   static constexpr int kGates = 3;
   static constexpr int kReserve = 4;
+  static constexpr const char* kReserveSlots = "r z n hn";
   static constexpr int kCellSlot = -1;
   static constexpr bool kSplitHiddenGrad = true;  // the n gate's two sides differ by r
 
@@ -206,23 +225,21 @@ struct GruCell {
   }
 };
 
-// Maps the run-time cell kind to its struct.
+// Maps the cell kind to its struct.
 template <CellKind Kind> struct CellOf;
-template <> struct CellOf<CellKind::RnnTanh> { using type = RnnCell<CellKind::RnnTanh>; };
-template <> struct CellOf<CellKind::RnnRelu> { using type = RnnCell<CellKind::RnnRelu>; };
-template <> struct CellOf<CellKind::Lstm> { using type = LstmCell; };
-template <> struct CellOf<CellKind::Gru> { using type = GruCell; };
+#define BIRNN_CELL_OF(name, Kind, Cell) \
+  template <> struct CellOf<CellKind::Kind> { using type = Cell; };
+BIRNN_FOR_EACH_CELL(BIRNN_CELL_OF)
+#undef BIRNN_CELL_OF
 
 // Calls fn(Cell{}) with the struct of the run-time cell kind: the one switch over cells.
 template <typename Fn>
 decltype(auto) dispatch_cell(CellKind kind, Fn&& fn) {
-  switch (kind) {
-    case CellKind::RnnTanh: return fn(RnnCell<CellKind::RnnTanh>{});
-    case CellKind::RnnRelu: return fn(RnnCell<CellKind::RnnRelu>{});
-    case CellKind::Lstm: return fn(LstmCell{});
-    case CellKind::Gru: break;
-  }
-  return fn(GruCell{});
+#define BIRNN_CELL_CASE(name, Kind, Cell) \
+  if (kind == CellKind::Kind) return fn(Cell{});
+  BIRNN_FOR_EACH_CELL(BIRNN_CELL_CASE)
+#undef BIRNN_CELL_CASE
+  return fn(LstmCell{});  // not reached: every kind has its case above
 }
 
 }  // namespace birnn

@@ -1,15 +1,13 @@
-// The ops' bodies, written once for every device: argument checks, the input projection of
-// both directions over all steps as ONE GEMM, buffer allocation, the call into the device's
-// recurrence driver, and after the backward recurrence the weight gradients as large GEMMs.
-// Only the recurrence itself (per-step GEMM + fused cell math) is device code.
+// The device-generic parts of the ops (layer.h): checks, driver buffers, the input
+// projection and the backward's large GEMMs as ATen ops.
+#include "layer.h"
+
 #include <ATen/ATen.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
 
-#include "birnn.h"
 #include "cpu/memory.h"
 
 namespace birnn {
@@ -32,10 +30,9 @@ void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* name
               ", got ", t.sizes());
 }
 
-Dims check_layer(CellKind kind, const at::Tensor& input, const OptTensor& lengths,
-                 const at::Tensor& hx, const OptTensor& cx, const at::Tensor& w_ih,
-                 const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                 const OptTensor& w_hr) {
+Dims check_layer(CellKind kind, const at::Tensor& input, const at::Tensor& hx,
+                 const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                 const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
   TORCH_CHECK(input.dim() == 3, "birnn_ext: input must be [T, B, I], got ", input.sizes());
   TORCH_CHECK(input.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
   TORCH_CHECK(at::isFloatingType(input.scalar_type()),
@@ -82,74 +79,7 @@ Dims check_layer(CellKind kind, const at::Tensor& input, const OptTensor& length
   } else {
     TORCH_CHECK(!has_cx, "birnn_ext: cx is for LSTM only");
   }
-  if (lengths.has_value() && lengths->defined()) {
-    const at::Tensor& len = *lengths;
-    TORCH_CHECK(len.is_cpu() || len.device() == input.device(), "birnn_ext: lengths is on ",
-                len.device(), " but input is on ", input.device(),
-                "; lengths must be on the CPU or on the input's device");
-    TORCH_CHECK(len.scalar_type() == at::kLong, "birnn_ext: lengths must be int64, got ",
-                len.scalar_type());
-    check_shape(len, {d.B}, "lengths");
-  }
   return d;
-}
-
-// A layer's lengths as the drivers take them: on the input's device, as a plain [B] array,
-// with their maximum (steps past it are padding for every sequence).
-struct Lengths {
-  at::Tensor on_device;  // undefined: every sequence is T long
-  int64_t max;
-};
-
-// Checks the values on the host. Lengths given on the CPU (as the modules pass them) cost no
-// device sync: a CUDA layer gets its copy through cuda_lengths_to_device, which never waits
-// and is safe under CUDA graph capture. Lengths given on a GPU are read back once (a sync,
-// refused during graph capture).
-Lengths prepare_lengths(const OptTensor& lengths, const at::Tensor& input, int64_t T) {
-  if (!lengths.has_value() || !lengths->defined()) return {at::Tensor(), T};
-  const at::Tensor host =
-      lengths->is_cpu() ? lengths->contiguous() : cuda_lengths_to_host(*lengths).contiguous();
-  const int64_t* values = host.data_ptr<int64_t>();
-  const int64_t B = host.numel();
-  if (B == 0) return {at::Tensor(), 0};  // nothing runs
-  const auto [lo, hi] = std::minmax_element(values, values + B);
-  TORCH_CHECK(*lo >= 0 && *hi <= T, "birnn_ext: lengths must lie in [0, T=", T,
-              "], got values in [", *lo, ", ", *hi, "]");
-  if (input.is_cpu()) return {host, *hi};
-  TORCH_CHECK(input.is_cuda(), "birnn_ext: unsupported device ", input.device());
-  return {lengths->is_cpu() ? cuda_lengths_to_device(host, input.device()) : lengths->contiguous(),
-          *hi};
-}
-
-// Test aid: with BIRNN_EXT_POISON=1, buffers a driver must write are filled with NaN first,
-// so a value the driver forgot to write cannot pass unnoticed.
-at::Tensor empty_for_driver(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  static const bool poison = [] {
-    const char* env = std::getenv("BIRNN_EXT_POISON");
-    return env != nullptr && env[0] == '1';
-  }();
-  at::Tensor t = at::empty(sizes, opts);
-  cpu::advise_huge_pages(t);
-  if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
-
-void run_forward(const ForwardArgs& args) {
-  if (args.output.is_cuda()) {
-    forward_recurrence_cuda(args);
-  } else {
-    TORCH_CHECK(args.output.is_cpu(), "birnn_ext: unsupported device ", args.output.device());
-    forward_recurrence_cpu(args);
-  }
-}
-
-void run_backward(const BackwardArgs& args) {
-  if (args.dgates_x.is_cuda()) {
-    backward_recurrence_cuda(args);
-  } else {
-    TORCH_CHECK(args.dgates_x.is_cpu(), "birnn_ext: unsupported device ", args.dgates_x.device());
-    backward_recurrence_cpu(args);
-  }
 }
 
 // prev [T, B, D, X]: the state each step started from, i.e. seq shifted by one step in
@@ -188,68 +118,88 @@ at::Tensor weight_grad(const at::Tensor& grad_rows, const at::Tensor& values, in
 
 }  // namespace
 
-template <CellKind Kind>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
-    const at::Tensor& input, const OptTensor& lengths, const at::Tensor& hx,
-    const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool training) {
-  // The caller chose the dtype (birnn_ext/ops.py applies torch.nn's autocast policy); the
-  // GEMMs in here must not be recast by an autocast that is still on.
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const Dims d = check_layer(Kind, input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
+HostLengths check_lengths(const OptTensor& lengths, const at::Tensor& input,
+                          at::Tensor (*to_host)(const at::Tensor&)) {
+  const int64_t T = input.size(0), B = input.size(1);
+  if (!lengths.has_value() || !lengths->defined()) return {at::Tensor(), B > 0 ? T : 0};
+  const at::Tensor& len = *lengths;
+  TORCH_CHECK(len.is_cpu() || len.device() == input.device(), "birnn_ext: lengths is on ",
+              len.device(), " but input is on ", input.device(),
+              "; lengths must be on the CPU or on the input's device");
+  TORCH_CHECK(len.scalar_type() == at::kLong, "birnn_ext: lengths must be int64, got ",
+              len.scalar_type());
+  check_shape(len, {B}, "lengths");
+  const at::Tensor host = (len.is_cpu() ? len : to_host(len)).contiguous();
+  if (B == 0) return {host, 0};
+  const int64_t* values = host.data_ptr<int64_t>();
+  const auto [lo, hi] = std::minmax_element(values, values + B);
+  TORCH_CHECK(*lo >= 0 && *hi <= T, "birnn_ext: lengths must lie in [0, T=", T,
+              "], got values in [", *lo, ", ", *hi, "]");
+  return {host, *hi};
+}
+
+at::Tensor driver_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  static const bool poison = [] {
+    const char* env = std::getenv("BIRNN_EXT_POISON");
+    return env != nullptr && env[0] == '1';
+  }();
+  at::Tensor t = at::empty(sizes, opts);
+  cpu::advise_huge_pages(t);
+  if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+ForwardArgs forward_args(CellKind kind, const at::Tensor& input, const at::Tensor& hx,
+                         const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                         const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+                         bool training, bool project_input) {
+  const Dims d = check_layer(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
   const auto opts = input.options();
   const int64_t GH = d.G * d.H;
-
   const bool has_bias = b_ih.has_value() && b_ih->defined();
   ForwardArgs args;
-  args.cell = Kind;
-  args.driver_gemms = cpu_driver_does_gemms(input);
-  if (args.driver_gemms) {
-    args.input = input.contiguous();
-    args.w_ih = w_ih.contiguous();
-    args.b_ih = has_bias ? b_ih->contiguous() : at::Tensor();
-    // Two directions project in chunks as their time loops go (no gates_x at all).
-    if (d.D == 1) args.gates_x = empty_for_driver({d.T, d.B, d.D, GH}, opts);
-  } else {
+  args.cell = kind;
+  args.input = input.contiguous();
+  args.w_ih = w_ih.contiguous();
+  args.b_ih = has_bias ? b_ih->contiguous() : at::Tensor();
+  if (project_input) {
     // One GEMM: both directions' input projection for every step -> [T, B, D, G*H].
-    at::Tensor x2d = input.reshape({d.T * d.B, d.I});
-    at::Tensor w_ih_both = w_ih.reshape({d.D * GH, d.I});
-    at::Tensor gates_x = has_bias ? at::addmm(b_ih->reshape({d.D * GH}), x2d, w_ih_both.t())
+    at::Tensor x2d = args.input.view({d.T * d.B, d.I});
+    at::Tensor w_ih_both = args.w_ih.view({d.D * GH, d.I});
+    at::Tensor gates_x = has_bias ? at::addmm(args.b_ih.view({d.D * GH}), x2d, w_ih_both.t())
                                   : at::mm(x2d, w_ih_both.t());
     args.gates_x = gates_x.view({d.T, d.B, d.D, GH});
   }
-  const Lengths lens = prepare_lengths(lengths, input, d.T);
-  args.lengths = lens.on_device;
-  args.max_length = lens.max;
+  args.max_length = d.T;
   args.w_hh = w_hh.contiguous();
   args.b_hh = b_hh.has_value() && b_hh->defined() ? b_hh->contiguous() : at::Tensor();
   args.w_hr = w_hr.has_value() && w_hr->defined() ? w_hr->contiguous() : at::Tensor();
-  args.output = empty_for_driver({d.T, d.B, d.D, d.Hout}, opts);
+  args.output = driver_buffer({d.T, d.B, d.D, d.Hout}, opts);
   args.h = hx.contiguous().clone();
-  args.c = Kind == CellKind::Lstm ? cx->contiguous().clone() : at::Tensor();
-  args.reserve = training ? empty_for_driver({d.T, d.B, d.D, reserve_width(Kind) * d.H}, opts)
+  args.c = kind == CellKind::Lstm ? cx->contiguous().clone() : at::Tensor();
+  args.reserve = training ? driver_buffer({d.T, d.B, d.D, reserve_width(kind) * d.H}, opts)
                           : at::Tensor();
-  if (d.B > 0) run_forward(args);
+  return args;
+}
 
-  return {args.output.view({d.T, d.B, d.D * d.Hout}), args.h,
+ForwardResult forward_result(const ForwardArgs& args) {
+  const auto opts = args.output.options();
+  const int64_t T = args.output.size(0), B = args.output.size(1);
+  return {args.output.view({T, B, args.output.size(2) * args.output.size(3)}), args.h,
           args.c.defined() ? args.c : at::empty({0}, opts),
           args.reserve.defined() ? args.reserve : at::empty({0}, opts)};
 }
 
-template <CellKind Kind>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
-layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-               const OptTensor& grad_c_n, const at::Tensor& input, const OptTensor& lengths,
-               const at::Tensor& hx, const OptTensor& cx, const at::Tensor& w_ih,
-               const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-               const OptTensor& w_hr,
-               const at::Tensor& output, const at::Tensor& reserve) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+BackwardArgs backward_args(CellKind kind, const at::Tensor& grad_output,
+                           const at::Tensor& grad_h_n, const OptTensor& grad_c_n,
+                           const at::Tensor& input, const at::Tensor& hx, const OptTensor& cx,
+                           const at::Tensor& w_ih, const at::Tensor& w_hh,
+                           const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+                           const at::Tensor& output, const at::Tensor& reserve,
+                           bool driver_does_gemms) {
   // Bias values do not enter the backward (the reserve holds what they shaped); only their
   // presence decides whether their gradients are returned.
-  const Dims d = check_layer(Kind, input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
-  const bool has_bias = b_ih.has_value() && b_ih->defined();
+  const Dims d = check_layer(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
   const auto opts = input.options();
   const int64_t GH = d.G * d.H;
   const bool proj = w_hr.has_value() && w_hr->defined();
@@ -258,59 +208,53 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   check_same(grad_h_n, input, "grad_h_n");
   check_shape(grad_h_n, {d.D, d.B, d.Hout}, "grad_h_n");
   check_shape(output, {d.T, d.B, d.D * d.Hout}, "output");
-  check_shape(reserve, {d.T, d.B, d.D, reserve_width(Kind) * d.H},
+  check_shape(reserve, {d.T, d.B, d.D, reserve_width(kind) * d.H},
               "reserve (the forward must run with training=True)");
-  if (Kind == CellKind::Lstm) {
+  if (kind == CellKind::Lstm) {
     TORCH_CHECK(grad_c_n.has_value() && grad_c_n->defined(), "birnn_ext: LSTM needs grad_c_n");
     check_shape(*grad_c_n, {d.D, d.B, d.H}, "grad_c_n");
   }
+  const bool split_hidden_grad =
+      dispatch_cell(kind, [](auto cell) { return decltype(cell)::kSplitHiddenGrad; });
 
   BackwardArgs args;
-  args.cell = Kind;
+  args.cell = kind;
   args.grad_output = grad_output.contiguous().view({d.T, d.B, d.D, d.Hout});
-  const Lengths lens = prepare_lengths(lengths, input, d.T);
-  args.lengths = lens.on_device;
-  args.max_length = lens.max;
+  args.max_length = d.T;
   args.w_hh = w_hh.contiguous();
   args.w_hr = proj ? w_hr->contiguous() : at::Tensor();
   args.output = output.contiguous().view({d.T, d.B, d.D, d.Hout});
   args.h0 = hx.contiguous();
-  args.c0 = Kind == CellKind::Lstm ? cx->contiguous() : at::Tensor();
+  args.c0 = kind == CellKind::Lstm ? cx->contiguous() : at::Tensor();
   args.reserve = reserve.contiguous();
   args.dh = grad_h_n.contiguous().clone();
-  args.dc = Kind == CellKind::Lstm ? grad_c_n->contiguous().clone() : at::Tensor();
-  args.dgates_x = empty_for_driver({d.T, d.B, d.D, GH}, opts);
-  args.dgates_h = CellOf<Kind>::type::kSplitHiddenGrad
-                      ? empty_for_driver({d.T, d.B, d.D, GH}, opts)
-                      : args.dgates_x;
-  args.dh_total = proj ? empty_for_driver({d.T, d.B, d.D, d.Hout}, opts) : at::Tensor();
-  args.driver_gemms = d.B > 0 && cpu_driver_does_gemms(input);
-  if (args.driver_gemms) {
-    args.input = input.contiguous();
-    args.w_ih = w_ih.contiguous();
-    args.grad_input = empty_for_driver({d.T, d.B, d.I}, opts);
-    args.grad_w_ih = empty_for_driver({d.D, GH, d.I}, opts);
-    args.grad_w_hh = empty_for_driver({d.D, GH, d.Hout}, opts);
+  args.dc = kind == CellKind::Lstm ? grad_c_n->contiguous().clone() : at::Tensor();
+  args.dgates_x = driver_buffer({d.T, d.B, d.D, GH}, opts);
+  args.dgates_h = split_hidden_grad ? driver_buffer({d.T, d.B, d.D, GH}, opts) : args.dgates_x;
+  args.dh_total = proj ? driver_buffer({d.T, d.B, d.D, d.Hout}, opts) : at::Tensor();
+  args.input = input.contiguous();
+  args.w_ih = w_ih.contiguous();
+  if (driver_does_gemms && d.B > 0) {
+    args.grad_input = driver_buffer({d.T, d.B, d.I}, opts);
+    args.grad_w_ih = driver_buffer({d.D, GH, d.I}, opts);
+    args.grad_w_hh = driver_buffer({d.D, GH, d.Hout}, opts);
   }
-  if (d.B > 0) {
-    run_backward(args);
-  } else {
-    args.dgates_x.zero_();
-    args.dgates_h.zero_();
-    if (proj) args.dh_total.zero_();
-  }
+  return args;
+}
 
-  // After the loop (unless the driver did them): dx and the weight gradients as large
-  // GEMMs over all steps.
+BackwardResult backward_result(const BackwardArgs& args, bool has_bias) {
+  const int64_t T = args.output.size(0), B = args.output.size(1), D = args.output.size(2);
+  const int64_t I = args.input.size(2), GH = args.w_hh.size(1);
+  const auto opts = args.input.options();
+  // dx and the weight gradients as large GEMMs over all steps, unless the driver did them.
   at::Tensor grad_input = args.grad_input, grad_w_ih = args.grad_w_ih,
              grad_w_hh = args.grad_w_hh;
-  if (!args.driver_gemms) {
-    grad_input =
-        at::mm(args.dgates_x.view({d.T * d.B, d.D * GH}), w_ih.reshape({d.D * GH, d.I}))
-            .view({d.T, d.B, d.I});
-    grad_w_ih = weight_grad(args.dgates_x, input, d.D);
+  if (!grad_input.defined()) {
+    grad_input = at::mm(args.dgates_x.view({T * B, D * GH}), args.w_ih.view({D * GH, I}))
+                     .view({T, B, I});
+    grad_w_ih = weight_grad(args.dgates_x, args.input, D);
     at::Tensor h_prev = previous_states(args.output, args.h0, args.lengths);
-    grad_w_hh = weight_grad(args.dgates_h, h_prev, d.D);
+    grad_w_hh = weight_grad(args.dgates_h, h_prev, D);
   }
   // An absent input's gradient is a fresh [0] tensor each: op outputs must not alias.
   auto none = [&] { return at::empty({0}, opts); };
@@ -318,33 +262,15 @@ layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor grad_b_ih = has_bias ? args.dgates_x.sum(at::IntArrayRef{0, 1}) : none();
   at::Tensor grad_b_hh = has_bias ? args.dgates_h.sum(at::IntArrayRef{0, 1}) : none();
   at::Tensor grad_w_hr = none();
-  if (proj) {
+  if (args.w_hr.defined()) {
     // m = o * tanh(c) of every step, rebuilt from the reserve (zero past each length).
-    at::Tensor o = args.reserve.narrow(3, 3 * d.H, d.H);
-    at::Tensor c = args.reserve.narrow(3, 4 * d.H, d.H);
-    grad_w_hr = weight_grad(args.dh_total, o * at::tanh(c), d.D);
+    const int64_t H = args.w_hr.size(2);
+    at::Tensor o = args.reserve.narrow(3, LstmCell::kOutputGateSlot * H, H);
+    at::Tensor c = args.reserve.narrow(3, LstmCell::kCellSlot * H, H);
+    grad_w_hr = weight_grad(args.dh_total, o * at::tanh(c), D);
   }
   return {grad_input, args.dh, args.dc.defined() ? args.dc : none(), grad_w_ih, grad_w_hh,
           grad_b_ih, grad_b_hh, grad_w_hr};
 }
-
-#define BIRNN_INSTANTIATE(KIND)                                                              \
-  template std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward<KIND>(   \
-      const at::Tensor&, const OptTensor&, const at::Tensor&, const OptTensor&,              \
-      const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,              \
-      const OptTensor&, bool);                                                               \
-  template std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, \
-                      at::Tensor, at::Tensor>                                                \
-  layer_backward<KIND>(const at::Tensor&, const at::Tensor&, const OptTensor&,               \
-                       const at::Tensor&, const OptTensor&, const at::Tensor&,               \
-                       const OptTensor&, const at::Tensor&, const at::Tensor&,               \
-                       const OptTensor&, const OptTensor&, const OptTensor&,                 \
-                       const at::Tensor&, const at::Tensor&);
-
-BIRNN_INSTANTIATE(CellKind::RnnTanh)
-BIRNN_INSTANTIATE(CellKind::RnnRelu)
-BIRNN_INSTANTIATE(CellKind::Lstm)
-BIRNN_INSTANTIATE(CellKind::Gru)
-#undef BIRNN_INSTANTIATE
 
 }  // namespace birnn

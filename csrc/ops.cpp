@@ -1,9 +1,11 @@
 // The op schemas and the Python module `birnn_ext._C`.
 //
-// Every cell has a forward and a backward op covering both directions of one layer
-// (shapes: csrc/birnn.h). The schemas are also written in birnn_ext/ops.py for the pure-Python
-// fallback; tests/test_ops.py checks the two agree. Fake kernels and autograd are registered
-// in Python (birnn_ext/ops.py).
+// Every cell of the registry (BIRNN_FOR_EACH_CELL, csrc/cells.h) has a forward and a backward
+// op covering both directions of one layer (shapes: csrc/birnn.h); each device registers its
+// kernels for them (csrc/cpu/ops_cpu.cpp, csrc/cuda/dispatch.cpp). The schemas are also
+// written in birnn_ext/ops.py for the pure-Python fallback; tests/test_ops.py checks the two
+// agree. Fake kernels and autograd are registered in Python (birnn_ext/ops.py), which learns
+// the cells from build_info()["cells"].
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -23,41 +25,47 @@
 #define BIRNN_CUDA_VERSION ""
 #endif
 
-TORCH_LIBRARY(birnn_ext, m) {
-  for (const char* cell : {"rnn_tanh", "rnn_relu", "lstm", "gru"}) {
-    const std::string name(cell);
-    m.def((name +
-           "_forward(Tensor input, Tensor? lengths, Tensor hx, Tensor? cx, Tensor w_ih, "
-          "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool training) "
-          "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor reserve)")
-              .c_str());
-    m.def((name +
-           "_backward(Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor input, "
-          "Tensor? lengths, Tensor hx, Tensor? cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-          "Tensor? b_hh, Tensor? w_hr, Tensor output, Tensor reserve) -> (Tensor grad_input, Tensor grad_hx, "
-          "Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
-          "Tensor grad_b_hh, Tensor grad_w_hr)")
-              .c_str());
+namespace birnn {
+namespace {
+
+constexpr const char* kForwardSchema =
+    "_forward(Tensor input, Tensor? lengths, Tensor hx, Tensor? cx, Tensor w_ih, Tensor w_hh, "
+    "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool training) "
+    "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor reserve)";
+constexpr const char* kBackwardSchema =
+    "_backward(Tensor grad_output, Tensor grad_h_n, Tensor? grad_c_n, Tensor input, "
+    "Tensor? lengths, Tensor hx, Tensor? cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+    "Tensor? b_hh, Tensor? w_hr, Tensor output, Tensor reserve) -> (Tensor grad_input, "
+    "Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+    "Tensor grad_b_hh, Tensor grad_w_hr)";
+
+// name, gates, reserve width and reserve slot names of every cell, for the Python side.
+pybind11::list cell_table() {
+  pybind11::list cells;
+#define BIRNN_CELL_ROW(name, Kind, Cell)                                               \
+  {                                                                                    \
+    pybind11::dict row;                                                                \
+    row["name"] = #name;                                                               \
+    row["gates"] = Cell::kGates;                                                       \
+    row["reserve"] = Cell::kReserve;                                                   \
+    row["reserve_slots"] = std::string(Cell::kReserveSlots);                           \
+    cells.append(row);                                                                 \
   }
+  BIRNN_FOR_EACH_CELL(BIRNN_CELL_ROW)
+#undef BIRNN_CELL_ROW
+  return cells;
 }
 
-#ifndef WITH_CUDA
-// A CPU-only build has no CUDA recurrence; the op reports it instead of failing to link.
-namespace birnn {
-void forward_recurrence_cuda(const ForwardArgs&) {
-  TORCH_CHECK(false, "birnn_ext was built without CUDA; reinstall with a CUDA toolkit");
-}
-void backward_recurrence_cuda(const BackwardArgs&) {
-  TORCH_CHECK(false, "birnn_ext was built without CUDA; reinstall with a CUDA toolkit");
-}
-at::Tensor cuda_lengths_to_device(const at::Tensor&, const at::Device&) {
-  TORCH_CHECK(false, "birnn_ext was built without CUDA; reinstall with a CUDA toolkit");
-}
-at::Tensor cuda_lengths_to_host(const at::Tensor&) {
-  TORCH_CHECK(false, "birnn_ext was built without CUDA; reinstall with a CUDA toolkit");
-}
+}  // namespace
 }  // namespace birnn
-#endif
+
+TORCH_LIBRARY(birnn_ext, m) {
+#define BIRNN_CELL_SCHEMAS(name, Kind, Cell)                          \
+  m.def((std::string(#name) + ::birnn::kForwardSchema).c_str());      \
+  m.def((std::string(#name) + ::birnn::kBackwardSchema).c_str());
+  BIRNN_FOR_EACH_CELL(BIRNN_CELL_SCHEMAS)
+#undef BIRNN_CELL_SCHEMAS
+}
 
 // What this binary was built with, for `python -m birnn_ext.info`.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
@@ -71,6 +79,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
     info["cuda_archs"] = BIRNN_CUDA_ARCHS;
     info["cuda_version"] = BIRNN_CUDA_VERSION;
     info["torch_version"] = BIRNN_TORCH_VERSION;
+    info["cells"] = birnn::cell_table();
     return info;
   });
   module.def(

@@ -11,9 +11,10 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import birnn_ext
+from birnn_ext import ops
 
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+CELLS = ops.CELLS
+GATES = ops.GATES
 
 # Small sizes: the suite runs on two CPU cores.
 T, B, I, H, P = 6, 4, 5, 4, 2   # steps, batch, input size, hidden size, LSTM proj_size

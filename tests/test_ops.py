@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import birnn_ext  # noqa: F401  (registers the fake kernels and autograd of both namespaces)
-from birnn_ext import ops
+from birnn_ext import _backend, ops, reference
 from helpers import CELLS, op_inputs
 
 NAMESPACES = ("birnn_ext", "birnn_ext_ref")
@@ -148,3 +148,16 @@ def test_backward_needs_training_reserve(ns):
             call()
     else:
         call()
+
+
+@pytest.mark.skipif(_backend.build_info() == {}, reason="needs the compiled module")
+def test_one_list_of_cells():
+    """The compiled module's cells (csrc/cells.h's registry, through build_info) are the
+    Python side's, with the same gate counts, and every reserve slot has a name."""
+    cells = _backend.build_info()["cells"]
+    assert tuple(c["name"] for c in cells) == ops.CELLS == tuple(reference.GATES)
+    for c in cells:
+        assert c["gates"] == reference.GATES[c["name"]]
+        assert len(c["reserve_slots"].split()) == c["reserve"]
+    assert all(hasattr(torch.ops.birnn_ext, f"{c['name']}_{op}") for c in cells
+               for op in ("forward", "backward"))

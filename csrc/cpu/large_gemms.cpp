@@ -8,12 +8,11 @@
 #include "gemm.h"
 
 namespace birnn {
-
-bool cpu_driver_does_gemms(const at::Tensor& input) {
-  return input.is_cpu() && input.scalar_type() == at::kFloat && cpu::cpu_isa() != cpu::Isa::Scalar;
-}
-
 namespace cpu {
+
+bool driver_does_gemms(const at::Tensor& input) {
+  return input.scalar_type() == at::kFloat && cpu_isa() != Isa::Scalar;
+}
 
 InputProjection::InputProjection(const ForwardArgs& a, int d, UnitSlice slice)
     : x_(a.input.data_ptr<float>()),

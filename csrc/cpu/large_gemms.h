@@ -1,5 +1,4 @@
-// The large GEMMs of a layer on the CPU driver's own threads (see cpu_driver_does_gemms in
-// csrc/birnn.h): the input projection, projected by each slice of units (step_team.h) for
+// The large GEMMs of a layer on the CPU driver's own threads: the input projection, projected by each slice of units (step_team.h) for
 // its own gate columns as its time loop goes, and after the backward loop dx, dW_ih and
 // dW_hh in row parts, so that no GEMM runs between the op and the driver on one thread.
 #pragma once
@@ -13,6 +12,11 @@
 #include "step_team.h"
 
 namespace birnn::cpu {
+
+// Whether the CPU driver runs a layer's large GEMMs itself (the input projection; dx, dW_ih
+// and dW_hh) with birnn_ext's own GEMM instead of the op running them as ATen GEMMs around
+// the recurrence: float32 on a CPU with AVX2 or AVX-512 (csrc/cpu/gemm.h says why).
+bool driver_does_gemms(const at::Tensor& input);
 
 // Sequence lengths, or T for every sequence when none were given.
 struct Lengths {

@@ -55,14 +55,12 @@ int64_t backward_units(const BackwardRow<T>& r, int64_t j0, int64_t j1, int64_t 
 #define BIRNN_INSTANTIATE(CELL, T)                                                              \
   template int64_t forward_units<CELL, T>(const ForwardRow<T>&, int64_t, int64_t, int64_t);    \
   template int64_t backward_units<CELL, T>(const BackwardRow<T>&, int64_t, int64_t, int64_t);
-#define BIRNN_INSTANTIATE_CELLS(T)                              \
-  BIRNN_INSTANTIATE(RnnCell<CellKind::RnnTanh>, T)              \
-  BIRNN_INSTANTIATE(RnnCell<CellKind::RnnRelu>, T)              \
-  BIRNN_INSTANTIATE(LstmCell, T)                                \
-  BIRNN_INSTANTIATE(GruCell, T)
-BIRNN_INSTANTIATE_CELLS(float)
-BIRNN_INSTANTIATE_CELLS(double)
-#undef BIRNN_INSTANTIATE_CELLS
+#define BIRNN_INSTANTIATE_FLOAT(name, Kind, Cell) BIRNN_INSTANTIATE(Cell, float)
+#define BIRNN_INSTANTIATE_DOUBLE(name, Kind, Cell) BIRNN_INSTANTIATE(Cell, double)
+BIRNN_FOR_EACH_CELL(BIRNN_INSTANTIATE_FLOAT)
+BIRNN_FOR_EACH_CELL(BIRNN_INSTANTIATE_DOUBLE)
+#undef BIRNN_INSTANTIATE_DOUBLE
+#undef BIRNN_INSTANTIATE_FLOAT
 #undef BIRNN_INSTANTIATE
 
 }  // namespace cpu::BIRNN_SIMD_NS

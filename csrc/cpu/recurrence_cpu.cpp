@@ -24,8 +24,9 @@
 #include <vector>
 
 #include "../birnn.h"
-#include "../register.h"
+#include "../layer.h"
 #include "large_gemms.h"
+#include "recurrence_cpu.h"
 #include "memory.h"
 #include "pointwise.h"
 #include "step_team.h"
@@ -94,7 +95,7 @@ class InputGates {
   InputGates(const ForwardArgs& a, int d, int64_t GH, UnitSlice slice)
       : T_(a.output.size(0)), B_(a.output.size(1)), D_(a.output.size(2)), GH_(GH), d_(d) {
     if constexpr (std::is_same_v<T, float>) {
-      if (a.driver_gemms && D_ == 2) {
+      if (!a.gates_x.defined()) {  // csrc/cpu/ops_cpu.cpp: two directions project as they go
         constexpr int64_t kChunkBytes = 1 << 20, kMinRows = 64;
         const int64_t step_bytes = B_ * GH_ * int64_t(sizeof(float));
         chunk_steps_ = std::clamp<int64_t>(
@@ -403,13 +404,17 @@ void run_directions(int64_t D, const Plan& plan, const Make& make) {
 
 }  // namespace
 
-void forward_recurrence_cpu(const ForwardArgs& a) {
+namespace cpu {
+
+void forward_recurrence_cpu(const ForwardArgs& given) {
+  ForwardArgs a = given;
   const int64_t D = a.output.size(2), rows = a.output.size(0) * a.output.size(1);
-  if (a.driver_gemms && D == 1) {
+  if (!a.gates_x.defined() && D == 1) {
     // One direction: project every step first, with every thread, in row blocks (two
     // directions project on their own threads as they go: InputGates).
     const int blocks = std::max(1, at::get_num_threads());
-    const int64_t GH = a.gates_x.size(3);
+    const int64_t GH = a.w_ih.size(1);
+    a.gates_x = driver_buffer({a.output.size(0), a.output.size(1), 1, GH}, a.output.options());
     const cpu::InputProjection projection(a, 0, {0, GH / num_gates(a.cell)});
     cpu::run_tasks(blocks, [&](int i) {
       const int64_t row0 = rows * i / blocks, row1 = rows * (i + 1) / blocks;
@@ -440,7 +445,7 @@ void backward_recurrence_cpu(const BackwardArgs& a) {
       run_directions<Loop>(D, plan, [&](int d) { return std::make_unique<Loop>(a, d, slices); });
     });
   });
-  if (!a.driver_gemms) return;
+  if (!a.grad_input.defined()) return;  // the op computes dx and the weight gradients
   // dx, dW_ih and dW_hh: every direction in row parts, one part per thread.
   const int parts = std::max<int>(1, at::get_num_threads() / int(D));
   // Direction 1's part of dx, summed into grad_input once both are done.
@@ -453,8 +458,5 @@ void backward_recurrence_cpu(const BackwardArgs& a) {
   if (dx_1.defined()) a.grad_input.add_(dx_1);
 }
 
+}  // namespace cpu
 }  // namespace birnn
-
-TORCH_LIBRARY_IMPL(birnn_ext, CPU, m) {
-  BIRNN_REGISTER_LAYER_OPS(m);
-}

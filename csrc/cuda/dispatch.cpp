@@ -1,5 +1,7 @@
-// The one dispatch point of the CUDA recurrence: which kernel path runs a layer, chosen from
-// BIRNN_EXT_KERNEL and the layer's shape, and the CUDA registration of the ops.
+// The ops' CUDA kernels and the one dispatch point of the CUDA recurrence: each cell's forward
+// and backward op made of the device-generic parts (csrc/layer.h), the lengths placed on the
+// device, and the kernel path that runs the layer, chosen from BIRNN_EXT_KERNEL and the
+// layer's shape; registered for CUDA.
 //
 // Why one place. The benchmark records name the path that ran (birnn_ext.kernel_path() asks
 // chosen_path() with the configuration's shape), so the choice must be made by exactly one
@@ -13,7 +15,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "../register.h"
+#include "../layer.h"
 #include "dispatch.h"
 
 namespace birnn {
@@ -99,18 +101,37 @@ at::ScalarType dtype_from_name(const std::string& name) {
 
 }  // namespace cuda
 
-void forward_recurrence_cuda(const ForwardArgs& a) {
-  const c10::cuda::CUDAGuard device_guard(a.output.device());
-  cuda::choose(cuda::shape_of(a.output, a.w_hh, a.cell, a.reserve.defined(), false)).forward(a);
-}
+namespace cuda {
+namespace {
 
-void backward_recurrence_cuda(const BackwardArgs& a) {
-  const c10::cuda::CUDAGuard device_guard(a.dgates_x.device());
-  cuda::choose(cuda::shape_of(a.output, a.w_hh, a.cell, true, true)).backward(a);
-}
+struct CudaPolicy {
+  using Guard = c10::cuda::CUDAGuard;
+  // The op projects the input and computes the backward's large GEMMs with ATen (cuBLAS).
+  static bool driver_does_gemms(const at::Tensor&) { return false; }
+  static at::Tensor lengths_to_host(const at::Tensor& lengths) {
+    return cuda_lengths_to_host(lengths);
+  }
+  // On the input's device; lengths given on the CPU (as the modules pass them) are copied
+  // without a host sync.
+  static at::Tensor place_lengths(const OptTensor& given, const HostLengths& host,
+                                  const at::Tensor& input) {
+    if (!host.values.defined() || input.size(1) == 0) return at::Tensor();
+    return given->is_cpu() ? cuda_lengths_to_device(host.values, input.device())
+                           : given->contiguous();
+  }
+  static void forward(const ForwardArgs& a) {
+    choose(shape_of(a.output, a.w_hh, a.cell, a.reserve.defined(), false)).forward(a);
+  }
+  static void backward(const BackwardArgs& a) {
+    choose(shape_of(a.output, a.w_hh, a.cell, true, true)).backward(a);
+  }
+};
 
+}  // namespace
+}  // namespace cuda
 }  // namespace birnn
 
+#define BIRNN_DEVICE_POLICY ::birnn::cuda::CudaPolicy
 TORCH_LIBRARY_IMPL(birnn_ext, CUDA, m) {
-  BIRNN_REGISTER_LAYER_OPS(m);
+  BIRNN_REGISTER_OPS(m)
 }

@@ -16,6 +16,14 @@
 #include "../birnn.h"
 
 namespace birnn {
+
+// A layer's lengths between the host and a CUDA device (csrc/cuda/lengths.cu): host_lengths
+// [B] int64 (contiguous, on the CPU) copied to `device` with no host sync and safely under
+// CUDA graph capture; and device lengths read back to the host (a sync, refused with a clear
+// error during graph capture).
+at::Tensor cuda_lengths_to_device(const at::Tensor& host_lengths, const at::Device& device);
+at::Tensor cuda_lengths_to_host(const at::Tensor& lengths);
+
 namespace cuda {
 
 // What a path's choice may depend on: a layer's sizes and flags. A value of -1 means "not

@@ -29,7 +29,7 @@ namespace {
 // The rules csrc/cuda/persistent.h lists, for a backward. On success fills shape and plan.
 bool backward_plan(const BackwardArgs& a, const cudaDeviceProp& prop, LayerShape* shape,
                    Plan* plan, std::string* why) {
-  if (a.driver_gemms) {
+  if (a.grad_input.defined()) {
     if (why != nullptr) *why = "the driver is asked to run the large GEMMs";
     return false;
   }

@@ -31,7 +31,7 @@ namespace {
 // The rules csrc/cuda/persistent.h lists, for a forward. On success fills shape and plan.
 bool forward_plan(const ForwardArgs& a, const cudaDeviceProp& prop, LayerShape* shape,
                   Plan* plan, std::string* why) {
-  if (a.driver_gemms || !a.gates_x.defined()) {
+  if (!a.gates_x.defined()) {
     if (why != nullptr) *why = "no precomputed gates_x";
     return false;
   }
