@@ -135,8 +135,12 @@ EOF
 step "CPU test suite against the installed wheel"
 if [ -d "$SRC/tests" ]; then
   # A copy of tests/ (and pytest.ini, whose `pythonpath = .` then names this folder, which
-  # holds no birnn_ext), so `import birnn_ext` can only find the installed wheel.
+  # holds no birnn_ext), so `import birnn_ext` can only find the installed wheel; with the
+  # benchmark and script folders some tests run (they hold no birnn_ext either).
   cp -r "$SRC/tests" "$RUN/tests"
+  for folder in benchmarks scripts; do
+    [ -d "$SRC/$folder" ] && cp -r "$SRC/$folder" "$RUN/$folder"
+  done
   [ -f "$SRC/pytest.ini" ] && cp "$SRC/pytest.ini" "$RUN/"
   (cd "$RUN" && "$PY" -c 'import birnn_ext; print("tests import birnn_ext from", birnn_ext.__file__)')
   (cd "$RUN" && "$PY" -m pytest -q tests -m "not cuda" -p no:cacheprovider)
