@@ -8,7 +8,8 @@
 //
 // The right-hand operand op(W) [K, N] is packed once into panels of `panel` columns (one
 // vector register): panels[n / panel][k][n % panel], the last panel zero-padded. The left
-// operand is read in place with any row and column stride.
+// operand may have any row and column stride (gemm_kernel.h copies it where it must be read
+// across its storage).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -51,8 +52,6 @@ class PackedMatrix {
                 float beta, float* c, int64_t ldc) const {
     isa_->gemm(M, N_, K_, a, a_row, a_col, panels_.data_ptr<float>(), bias, beta, c, ldc);
   }
-  int64_t N() const { return N_; }
-  int64_t K() const { return K_; }
 
  private:
   PackedMatrix(int64_t N, int64_t K);
