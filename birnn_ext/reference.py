@@ -77,7 +77,8 @@ def _cell_step_backward(cell, step, dm, dc):
     pre = step["gates_x"] + step["gates_h"]
     if cell in ("rnn_tanh", "rnn_relu"):
         h = step["m"]
-        dpre = dm * (1 - h * h) if cell == "rnn_tanh" else dm * (h > 0).to(dm.dtype)
+        # relu: torch's threshold_backward (0 where h <= 0, else dm; a NaN h passes dm on).
+        dpre = dm * (1 - h * h) if cell == "rnn_tanh" else torch.where(h <= 0, 0, dm)
         return dpre, dpre, 0, None
     if cell == "lstm":
         i, f, g, o = pre.chunk(4, dim=1)
