@@ -134,7 +134,8 @@ void run_backward(const BackwardArgs& args) {
 }
 
 // prev [T, B, D, X]: the state each step started from, i.e. seq shifted by one step in
-// each direction's own order, with init [D, B, X] at each direction's first step.
+// each direction's own order, with init [D, B, X] at each direction's first step, and zero
+// at padded steps (t >= lengths[b]).
 at::Tensor previous_states(const at::Tensor& seq, const at::Tensor& init,
                            const at::Tensor& lengths) {
   const int64_t T = seq.size(0), D = seq.size(2);
@@ -152,6 +153,13 @@ at::Tensor previous_states(const at::Tensor& seq, const at::Tensor& init,
       at::Tensor first = (steps >= lengths.unsqueeze(0)).unsqueeze(2);           // [T, B, 1]
       rev.copy_(at::where(first, init.select(0, 1).unsqueeze(0), rev));
     }
+  }
+  if (lengths.defined()) {
+    // Padded steps have zero dgates, but their shifted state may be a sequence's last h or
+    // h0, and 0 * inf or 0 * NaN would reach dW_hh, where torch.nn (which never sees a
+    // padded step) has a finite value.
+    at::Tensor steps = at::arange(T, lengths.options()).unsqueeze(1);               // [T, 1]
+    prev.masked_fill_((steps >= lengths.unsqueeze(0)).unsqueeze(2).unsqueeze(3), 0);  // [T, B, 1, 1]
   }
   return prev;
 }

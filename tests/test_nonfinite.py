@@ -3,6 +3,11 @@
 
 - relu: torch.relu keeps a NaN and its derivative (threshold_backward) passes the gradient
   on where h is NaN; birnn_ext's relu turned NaN into 0, and its derivative gave 0.
+- padded steps: torch.nn never sees a step past a sequence's end, but birnn_ext's weight
+  gradient dW_hh = sum dgates^T h_prev ran over them with zero dgates and the state the
+  step would have started from, which for a sequence whose state went inf or NaN (or with
+  such an h0) put 0 * inf = NaN into an otherwise finite dW_hh. The fuzzing's own example
+  of it (an inf h0 in a GRU) is pinned in tests/test_fuzz.py.
 
 Hidden size 20: 16 units through the AVX-512 loops (8 and 4 with AVX2) and a scalar tail,
 so each cell function runs in its vector and its scalar form.
@@ -46,4 +51,23 @@ def test_relu_keeps_nan_like_torch_nn(dtype, backend):
     lengths = torch.tensor([4, 3])
     expected, actual = run(ref, x, h0, lengths), run(ours, x, h0, lengths)
     assert expected["output"].isnan().any() and not expected["grad.x"].isnan().all()
+    assert_same_nonfinite(expected, actual, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_state_gone_inf_at_a_sequence_end(bidirectional, dtype, backend):
+    """A relu state that goes inf at the last step of a sequence shorter than T: no
+    valid step reads that state back, so torch.nn's dW_hh stays finite; birnn_ext's padded
+    steps after the sequence's end must not bring it in either."""
+    ref, ours = make_pair("rnn_relu", input_size=3, hidden_size=20, dtype=dtype,
+                          bidirectional=bidirectional)
+    x = torch.randn(4, 3, 3, dtype=dtype)
+    x[1, 0, 0] = float("inf")  # the last step of sequence 0, whose length is 2 of 4
+    h0 = torch.randn(2 if bidirectional else 1, 3, 20, dtype=dtype)
+    lengths = torch.tensor([2, 4, 3])
+    expected, actual = run(ref, x, h0, lengths), run(ours, x, h0, lengths)
+    # The case is only worth its name if the state went inf and dW_hh stayed finite.
+    assert expected["h_n"][0, 0].isinf().any()
+    assert torch.isfinite(expected["grad.weight_hh_l0"]).all()
     assert_same_nonfinite(expected, actual, **TOL[dtype])
