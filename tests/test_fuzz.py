@@ -24,7 +24,7 @@ under a minute on CI's 2 cores); raise it for a long local run, e.g. 4 x 5,000 e
 with a progress line every 1,000:
 
     BIRNN_EXT_FUZZ_EXAMPLES=5000 BIRNN_EXT_FUZZ_PROGRESS=1000 \
-        .venv/bin/python -m pytest tests/test_fuzz.py -q
+        .venv/bin/python -m pytest tests/test_fuzz.py -q -s     # -s: progress lines show
 
 A failure prints the smallest failing configuration it found; add it to FOUND below (it then
 runs first on every run) along with the fix.
