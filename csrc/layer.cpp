@@ -80,6 +80,18 @@ Dims check_layer(CellKind kind, const at::Tensor& input, const OptTensor& length
   } else {
     TORCH_CHECK(!has_cx, "birnn_ext: cx is for LSTM only");
   }
+  if (input.is_cpu()) {
+    // The CPU path's per-step GEMMs go through BLAS (csrc/cpu/gemm_cpu.h), whose sizes and
+    // leading dimensions are 32-bit ints: the batch (their M) and D*G*H (their widest N, K
+    // or leading dimension) must fit. Every other index is 64-bit. Checked before anything
+    // is allocated.
+    constexpr int64_t kMax = std::numeric_limits<int>::max();
+    TORCH_CHECK(d.B <= kMax, "birnn_ext: on the CPU the batch size can be at most ", kMax,
+                " (the per-step BLAS calls take 32-bit sizes); got ", d.B);
+    TORCH_CHECK(d.D * d.G * d.H <= kMax, "birnn_ext: on the CPU num_directions * gates * "
+                "hidden_size can be at most ", kMax, " (the per-step BLAS calls take 32-bit "
+                "sizes); got ", d.D, " * ", d.G, " * ", d.H);
+  }
   if (lengths.has_value() && lengths->defined()) {
     const at::Tensor& len = *lengths;
     TORCH_CHECK(len.device() == input.device(), "birnn_ext: lengths is on ", len.device(),
