@@ -1,4 +1,4 @@
-"""Resident memory stays flat over many calls: nothing a call allocates outlives it.
+"""Memory stays flat over many calls: nothing a call allocates outlives it.
 
 A leak in a kernel (a buffer never freed, a packed weight cached per call, a tensor kept
 alive by a reference cycle in the autograd wiring) grows the process by the same amount
@@ -6,17 +6,23 @@ every call, so it shows as growth over a long run after warm-up. LeakSanitizer (
 sanitizer lane, .ci/sanitize_lane.sh) catches lost C++ allocations; this test also catches
 memory that is still referenced (caches, Python objects) and so invisible to it.
 
-Counts: 10,000 training calls (forward + backward) and 10,000 inference calls of a small
-layer, after 500 warm-up calls that let the allocator and torch's caches settle, once in
+What is measured: the bytes glibc's malloc has handed out and not taken back
+(mallinfo2: uordblks + hblkhd), which counts every C++ allocation (tensors' storage and
+TensorImpls, std::vectors, packed weights) to the byte, and the resident set size as a
+backstop for memory that does not come from malloc (Python's arenas, mmap).
+
+Counts: 2,000 training calls (forward + backward) and 2,000 inference calls of a small
+layer, after 300 warm-up calls that let the allocator and torch's caches settle, once in
 float32 (an LSTM: birnn_ext's own AVX-512 GEMMs where the CPU has them) and once in float64
-(a GRU: ATen's and MKL's GEMMs, and the GRU's separate recurrent gradients). A leaked
-[0]-sized tensor costs a few hundred bytes (TensorImpl and storage), 3-5 MiB over 10,000
-calls, over the 3 MiB bound; so does any leaked buffer of 80 floats or more. RSS after
-warm-up moves by well under 1 MiB without a leak (measured: glibc's heap reuses the same
-blocks call after call). A call takes 0.2-0.5 ms on an idle 2-core machine, so the test
-takes 10-20 s.
+(a GRU: ATen's and MKL's GEMMs, and the GRU's separate recurrent gradients). Without a leak
+the heap moves by 0-2 KB over 2,000 calls (measured); one leaked [0]-sized tensor per call
+moves it by 690 KB. The bound, 64 KiB, catches any leak of 32 bytes or more per call: finer
+than RSS could over the issue's 10,000 calls (RSS moves by a few hundred KB on its own, so a
+3 MiB bound there sees only leaks of 300 bytes or more per call), in a fifth of the time:
+a call takes 0.3-1 ms on CI's 2 cores, so the test takes 5-15 s.
 """
 
+import ctypes
 import gc
 import os
 
@@ -25,9 +31,35 @@ import torch
 
 import birnn_ext
 
-CALLS = 10_000
-WARMUP = 500
-BOUND_MIB = 3.0
+CALLS = 2_000
+WARMUP = 300
+HEAP_BOUND_KIB = 64
+RSS_BOUND_MIB = 3.0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mallinfo2():
+    """glibc's mallinfo2 (glibc 2.33 and later), or None elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        return libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+
+
+MALLINFO2 = _mallinfo2()
+
+
+def heap_bytes():
+    """Bytes malloc has handed out and not taken back: small blocks plus mmapped ones."""
+    info = MALLINFO2()
+    return info.uordblks + info.hblkhd
 
 
 def rss_mib():
@@ -37,19 +69,20 @@ def rss_mib():
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def growth_mib(step):
-    """RSS after CALLS calls of step() minus RSS after WARMUP calls."""
+def growth(step):
+    """(heap KiB, RSS MiB) after CALLS calls of step() minus after WARMUP calls."""
     for _ in range(WARMUP):
         step()
     gc.collect()
-    before = rss_mib()
+    heap, rss = heap_bytes(), rss_mib()
     for _ in range(CALLS):
         step()
     gc.collect()
-    return rss_mib() - before
+    return (heap_bytes() - heap) / 1024, rss_mib() - rss
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
+@pytest.mark.skipif(MALLINFO2 is None or not os.path.exists("/proc/self/statm"),
+                    reason="reads glibc's mallinfo2 and /proc (Linux with glibc 2.33+)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_rss_flat_over_many_calls(dtype):
     assert birnn_ext.get_backend() != "python", "measures the compiled kernels"
@@ -69,8 +102,8 @@ def test_rss_flat_over_many_calls(dtype):
         with torch.no_grad():
             model(packed)
 
-    train = growth_mib(train_step)
-    infer = growth_mib(inference_step)
-    assert train < BOUND_MIB and infer < BOUND_MIB, (
-        f"RSS grew by {train:.2f} MiB over {CALLS} training calls and {infer:.2f} MiB over "
-        f"{CALLS} inference calls (bound {BOUND_MIB} MiB each)")
+    for name, step in (("training", train_step), ("inference", inference_step)):
+        heap_kib, rss = growth(step)
+        assert heap_kib < HEAP_BOUND_KIB and rss < RSS_BOUND_MIB, (
+            f"over {CALLS} {name} calls the heap grew by {heap_kib:.1f} KiB (bound "
+            f"{HEAP_BOUND_KIB}) and RSS by {rss:.2f} MiB (bound {RSS_BOUND_MIB})")
