@@ -3,7 +3,8 @@
 # is whole. Needs: python3 with venv, an nvcc on PATH (a wrapper script is fine), network
 # access to the package registry.
 #
-#   1. its own venv with the CUDA build of torch (default 2.13.0) + ninja pybind11 pytest numpy
+#   1. its own venv with the CUDA build of torch (default 2.13.0) + ninja pybind11 pytest
+#      hypothesis numpy
 #   2. CUDA_HOME = the real toolkit behind nvcc (the TOP= line of `nvcc --dryrun`)
 #   3. `pip wheel` of a clean copy of the source (the checkout's build/ stays untouched)
 #   4. cuobjdump on the wheel's _C: one cubin per arch, and PTX for each arch marked +PTX
@@ -39,7 +40,7 @@ step "venv $VENV with torch==$TORCH_VERSION (CUDA build) from the registry"
 # (find-links to CPU wheels) must not substitute another one.
 PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$PY" -m pip install --quiet --upgrade pip
 PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$PY" -m pip install --quiet \
-  "torch==$TORCH_VERSION" ninja pybind11 pytest numpy setuptools wheel
+  "torch==$TORCH_VERSION" ninja pybind11 pytest hypothesis numpy setuptools wheel
 "$PY" - <<'EOF'
 import torch
 print("torch", torch.__version__, "built for CUDA", torch.version.cuda)

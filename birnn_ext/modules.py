@@ -30,6 +30,7 @@ class _FusedForward:
         packed = isinstance(input, PackedSequence)
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
+            _check_batch_sizes(data, batch_sizes)
             if hx is not None:
                 # hx is in the caller's batch order; the packed data is sorted by length.
                 hx = self.permute_hidden(hx, sorted_indices)
@@ -62,7 +63,10 @@ class _FusedForward:
         hidden = (h_n, c_n) if lstm else h_n
 
         if packed:
-            out_data = pack_padded_sequence(out, lengths_cpu).data
+            # pack_padded_sequence refuses a batch of 0, which a PackedSequence made by hand
+            # can hold (batch_sizes all 0), and torch.nn runs.
+            out_data = (pack_padded_sequence(out, lengths_cpu).data if batch > 0
+                        else out.new_empty((0, out.size(2))))
             return (PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(hidden, unsorted_indices))
         if self.batch_first:
@@ -158,6 +162,28 @@ class _FusedForward:
             return F.dropout(x, self.dropout, True)
         data = F.dropout(pack_padded_sequence(x, lengths_cpu).data, self.dropout, True)
         return pad_packed_sequence(PackedSequence(data, batch_sizes), total_length=x.size(0))[0]
+
+
+def _check_batch_sizes(data, batch_sizes):
+    """A PackedSequence can be built by hand with any batch_sizes. torch.nn's kernels reject
+    most inconsistent ones (with incidental messages), but pad_packed_sequence, which the
+    layers use, does not check them: some (a size that grows, a zero) make it write out of
+    bounds, and extra data rows would be read as if they belonged to a sequence. So they are
+    checked first, at the cost of one pass over T integers."""
+    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or not batch_sizes.is_cpu:
+        raise RuntimeError("birnn_ext: a PackedSequence's batch_sizes must be a 1-D int64 CPU "
+                           f"tensor, got {batch_sizes.dim()}-D {batch_sizes.dtype} on "
+                           f"{batch_sizes.device}")
+    sizes = batch_sizes.tolist()
+    # Trailing zeros (steps no sequence reaches; all of them for a batch of 0) are harmless,
+    # and torch.nn accepts them.
+    if (not sizes or sizes[-1] < 0 or any(a < b for a, b in zip(sizes, sizes[1:]))
+            or sum(sizes) != data.size(0)):
+        shown = str(sizes) if len(sizes) <= 12 else f"{sizes[:12]} (and {len(sizes) - 12} more)"
+        raise RuntimeError(
+            f"birnn_ext: a PackedSequence's batch_sizes {shown} do not describe its data of "
+            f"{data.size(0)} rows: they must be non-negative, non-increasing and sum to the "
+            "number of rows (as pack_padded_sequence makes them)")
 
 
 class RNN(_FusedForward, nn.RNN):

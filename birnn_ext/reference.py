@@ -77,7 +77,8 @@ def _cell_step_backward(cell, step, dm, dc):
     pre = step["gates_x"] + step["gates_h"]
     if cell in ("rnn_tanh", "rnn_relu"):
         h = step["m"]
-        dpre = dm * (1 - h * h) if cell == "rnn_tanh" else dm * (h > 0).to(dm.dtype)
+        # relu: torch's threshold_backward (0 where h <= 0, else dm; a NaN h passes dm on).
+        dpre = dm * (1 - h * h) if cell == "rnn_tanh" else torch.where(h <= 0, 0, dm)
         return dpre, dpre, 0, None
     if cell == "lstm":
         i, f, g, o = pre.chunk(4, dim=1)
@@ -159,8 +160,11 @@ def _backward_direction(cell, d, grad_output, grad_h_n, grad_c_n, input, lengths
         step, valid = steps[t], _valid_rows(lengths, t, B, input.device)
         # This step's h reaches both the output at t and the next step (masked rows: neither).
         dh_step = torch.where(valid, dh + grad_output[t, :, d * h_out:(d + 1) * h_out], 0)
+        # Masked rows have zero gradients, but the values they multiply in the weight
+        # gradients (m, h_prev: computed from a carried state) may be inf or NaN, and
+        # 0 * inf is NaN where torch.nn, which never sees a padded step, is finite: zero them.
         if w_hr is not None:
-            grad_w["w_hr"][d] += dh_step.t() @ step["m"]
+            grad_w["w_hr"][d] += dh_step.t() @ torch.where(valid, step["m"], 0)
             dm = dh_step @ w_hr[d]
         else:
             dm = dh_step
@@ -169,7 +173,7 @@ def _backward_direction(cell, d, grad_output, grad_h_n, grad_c_n, input, lengths
         dgx, dgh = torch.where(valid, dgx, 0), torch.where(valid, dgh, 0)
         grad_input[t] += dgx @ w_ih[d]
         grad_w["w_ih"][d] += dgx.t() @ input[t]
-        grad_w["w_hh"][d] += dgh.t() @ step["h_prev"]
+        grad_w["w_hh"][d] += dgh.t() @ torch.where(valid, step["h_prev"], 0)
         if b_ih is not None:
             grad_w["b_ih"][d] += dgx.sum(0)
             grad_w["b_hh"][d] += dgh.sum(0)

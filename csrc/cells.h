@@ -61,9 +61,11 @@ struct Math {
   BIRNN_HOST_DEVICE static void store(T* p, int64_t i, A v) { p[i] = T(v); }
   BIRNN_HOST_DEVICE static A exp(A x) { return exp_(x); }
   BIRNN_HOST_DEVICE static A tanh(A x) { return tanh_(x); }
-  BIRNN_HOST_DEVICE static A relu(A x) { return x > A(0) ? x : A(0); }
-  // d relu(pre) given the output h = relu(pre): dh where h > 0, else 0.
-  BIRNN_HOST_DEVICE static A relu_grad(A h, A dh) { return h > A(0) ? dh : A(0); }
+  // As torch.relu: a NaN stays NaN (written so that the NaN compares false).
+  BIRNN_HOST_DEVICE static A relu(A x) { return x < A(0) ? A(0) : x; }
+  // d relu(pre) given the output h = relu(pre), as torch's threshold_backward: 0 where
+  // h <= 0, else dh (a NaN h passes dh on, as in torch.nn).
+  BIRNN_HOST_DEVICE static A relu_grad(A h, A dh) { return h <= A(0) ? A(0) : dh; }
 };
 
 template <typename A>

@@ -83,7 +83,8 @@ Dims check_layer(CellKind kind, const at::Tensor& input, const at::Tensor& hx,
 }
 
 // prev [T, B, D, X]: the state each step started from, i.e. seq shifted by one step in
-// each direction's own order, with init [D, B, X] at each direction's first step.
+// each direction's own order, with init [D, B, X] at each direction's first step, and zero
+// at padded steps (t >= lengths[b]).
 at::Tensor previous_states(const at::Tensor& seq, const at::Tensor& init,
                            const at::Tensor& lengths) {
   const int64_t T = seq.size(0), D = seq.size(2);
@@ -102,6 +103,13 @@ at::Tensor previous_states(const at::Tensor& seq, const at::Tensor& init,
       rev.copy_(at::where(first, init.select(0, 1).unsqueeze(0), rev));
     }
   }
+  if (lengths.defined()) {
+    // Padded steps have zero dgates, but their shifted state may be a sequence's last h or
+    // h0, and 0 * inf or 0 * NaN would reach dW_hh, where torch.nn (which never sees a
+    // padded step) has a finite value.
+    at::Tensor steps = at::arange(T, lengths.options()).unsqueeze(1);               // [T, 1]
+    prev.masked_fill_((steps >= lengths.unsqueeze(0)).unsqueeze(2).unsqueeze(3), 0);  // [T, B, 1, 1]
+  }
   return prev;
 }
 
@@ -117,6 +125,12 @@ at::Tensor weight_grad(const at::Tensor& grad_rows, const at::Tensor& values, in
 }
 
 }  // namespace
+
+void check_layer_args(CellKind kind, const at::Tensor& input, const at::Tensor& hx,
+                      const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                      const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
+  check_layer(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
+}
 
 HostLengths check_lengths(const OptTensor& lengths, const at::Tensor& input,
                           at::Tensor (*to_host)(const at::Tensor&)) {

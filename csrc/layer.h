@@ -32,6 +32,12 @@ struct HostLengths {
 HostLengths check_lengths(const OptTensor& lengths, const at::Tensor& input,
                           at::Tensor (*to_host)(const at::Tensor&));
 
+// Checks a layer's arguments (all but lengths) without allocating anything: ranks, shapes,
+// devices and dtypes, with torch.nn's messages where torch.nn has one.
+void check_layer_args(CellKind kind, const at::Tensor& input, const at::Tensor& hx,
+                      const OptTensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                      const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr);
+
 // A buffer a driver must write. With BIRNN_EXT_POISON=1 (the tests) it is filled with NaN
 // first, so a value the driver forgot cannot pass unnoticed.
 at::Tensor driver_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts);
@@ -65,6 +71,7 @@ BackwardResult backward_result(const BackwardArgs& args, bool has_bias);
 
 // The ops' bodies, written once for every device. A device supplies a policy P:
 //   P::Guard                          constructed from the input's device for the op's span
+//   P::check_sizes(kind, input, w_hh) its own size limits, before anything is allocated
 //   P::driver_does_gemms(input)       whether its driver runs the input projection and the
 //                                     backward's large GEMMs itself
 //   P::lengths_to_host(lengths)       brings lengths on the device to the host
@@ -79,9 +86,12 @@ ForwardResult forward_op(const at::Tensor& input, const OptTensor& lengths, cons
   // GEMMs in here must not be recast by an autocast that is still on.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const typename P::Guard guard(input.device());
+  // Every check before the first allocation.
+  check_layer_args(Kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
+  P::check_sizes(Kind, input, w_hh);
+  const HostLengths host = check_lengths(lengths, input, &P::lengths_to_host);
   ForwardArgs args = forward_args(Kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, training,
                                   /*project_input=*/!P::driver_does_gemms(input));
-  const HostLengths host = check_lengths(lengths, input, &P::lengths_to_host);
   args.lengths = P::place_lengths(lengths, host, input);
   args.max_length = host.max;
   if (input.size(1) > 0) P::forward(args);
@@ -97,10 +107,12 @@ BackwardResult backward_op(const at::Tensor& grad_output, const at::Tensor& grad
                            const at::Tensor& output, const at::Tensor& reserve) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const typename P::Guard guard(input.device());
+  check_layer_args(Kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
+  P::check_sizes(Kind, input, w_hh);
+  const HostLengths host = check_lengths(lengths, input, &P::lengths_to_host);
   BackwardArgs args = backward_args(Kind, grad_output, grad_h_n, grad_c_n, input, hx, cx, w_ih,
                                     w_hh, b_ih, b_hh, w_hr, output, reserve,
                                     P::driver_does_gemms(input));
-  const HostLengths host = check_lengths(lengths, input, &P::lengths_to_host);
   args.lengths = P::place_lengths(lengths, host, input);
   args.max_length = host.max;
   if (input.size(1) > 0) P::backward(args);

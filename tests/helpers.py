@@ -163,6 +163,30 @@ def assert_same(expected: dict, actual: dict, atol, rtol):
         torch.testing.assert_close(act, exp, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
 
 
+def assert_same_nonfinite(expected: dict, actual: dict, atol, rtol):
+    """As assert_same, for results that may hold NaN or inf: each of NaN, +inf and -inf sits
+    at the same places in both, and the finite values are close, with atol taken relative
+    to the tensor's largest finite value (float32's error grows with the values summed)."""
+    assert expected.keys() == actual.keys()
+    for name, exp in expected.items():
+        act = actual[name]
+        assert (act is None) == (exp is None), f"{name}: present in one result only"
+        if exp is None:
+            continue
+        assert act.shape == exp.shape, f"{name}: shape {tuple(act.shape)} != {tuple(exp.shape)}"
+        for what, mask in (("NaN", torch.isnan), ("+inf", torch.isposinf),
+                           ("-inf", torch.isneginf)):
+            if not torch.equal(mask(act), mask(exp)):
+                where = (mask(act) != mask(exp)).nonzero().tolist()[:5]
+                raise AssertionError(f"{name}: {what} at different places, e.g. {where}: "
+                                     f"torch.nn {exp.flatten()[:8].tolist()} birnn_ext "
+                                     f"{act.flatten()[:8].tolist()}")
+        finite = torch.isfinite(exp)
+        scale = max(1.0, exp[finite].abs().max().item()) if finite.any() else 1.0
+        torch.testing.assert_close(act[finite].to(exp.dtype), exp[finite], atol=atol * scale,
+                                   rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
 def check_parity(case: Case, batch=B):
     """torch.nn and birnn_ext agree on every output and gradient for `case`."""
     ref, ours = case.make_pair()

@@ -54,16 +54,20 @@ void backward_gemms(const BackwardArgs& a, int d, int part, int parts, float* dx
              a.grad_w_ih.data_ptr<float>() + (d * GH + g0) * I, I);
 
   // grad_w_hh[d] [G*H, Hout] = dgates_h^T @ h_prev, h_prev [T*B, Hout] the state each step
-  // started from (h0 at the direction's first step). Padded steps have zero dgates, so any
-  // finite row serves them.
+  // started from (h0 at the direction's first step). Padded steps have zero dgates; they
+  // read a row of zeros, since their shifted state (a last h, or h0) may be inf or NaN and
+  // 0 * inf is NaN, where torch.nn, which never sees a padded step, has a finite dW_hh.
   const Lengths len = lengths_of(a.lengths, T);
   const float* output = a.output.data_ptr<float>();
   const float* h0 = a.h0.data_ptr<float>() + d * B * Hout;
+  const std::vector<float> zeros(Hout, 0.f);
   std::vector<const float*> h_prev(TB);
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t b = 0; b < B; ++b) {
       const int64_t prev = previous_step(d, t, len[b]);
-      h_prev[t * B + b] = prev < 0 ? h0 + b * Hout : output + ((prev * B + b) * D + d) * Hout;
+      h_prev[t * B + b] = t >= len[b] ? zeros.data()
+                          : prev < 0  ? h0 + b * Hout
+                                      : output + ((prev * B + b) * D + d) * Hout;
     }
   }
   const PackedMatrix h(h_prev.data(), Hout, TB);

@@ -31,7 +31,9 @@ struct Math<at::vec::Vectorized<S>> {
     }
   }
   static V relu(V x) { return at::vec::maximum(x, V(S(0))); }
-  static V relu_grad(V h, V dh) { return V::blendv(V(S(0)), dh, h > V(S(0))); }
+  // Math<A>::relu_grad's rule: 0 where h <= 0, else dh (NaN h included). maximum() above
+  // already keeps a NaN, as torch.relu does.
+  static V relu_grad(V h, V dh) { return V::blendv(dh, V(S(0)), h <= V(S(0))); }
 };
 
 namespace cpu::BIRNN_SIMD_NS {
