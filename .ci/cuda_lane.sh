@@ -37,10 +37,12 @@ PY="$VENV/bin/python"
 step "venv $VENV with torch==$TORCH_VERSION (CUDA build) from the registry"
 [ -x "$PY" ] || "$PYTHON" -m venv "$VENV"
 # The registry's default torch wheel for Linux is the CUDA build; a local pip configuration
-# (find-links to CPU wheels) must not substitute another one.
+# (find-links to CPU wheels) must not substitute another one. The rest is requirements.txt's
+# list (the tests run against the wheel import its packages: tqdm, matplotlib, ...).
 PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$PY" -m pip install --quiet --upgrade pip
 PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$PY" -m pip install --quiet \
-  "torch==$TORCH_VERSION" ninja pybind11 pytest hypothesis numpy setuptools wheel
+  "torch==$TORCH_VERSION" setuptools wheel \
+  $(grep -vE '^\s*(#|$|torch\b)' "$ROOT/requirements.txt")
 "$PY" - <<'EOF'
 import torch
 print("torch", torch.__version__, "built for CUDA", torch.version.cuda)
