@@ -28,7 +28,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 clock = time.monotonic
 # The record's `incomplete.reason` while the run goes on (the record is rewritten every row).
 RUNNING = "still running when written: a run killed here keeps the rows above, not these"
-sys.path.insert(1, os.path.dirname(HERE))  # the repository root: measure the checkout's birnn_ext
+# This folder's modules (also when Python runs with -P / PYTHONSAFEPATH, which leaves the
+# script's folder off sys.path), then the repository root: measure the checkout's birnn_ext.
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 import cases
 import grid as grids
