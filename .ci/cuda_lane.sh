@@ -82,7 +82,7 @@ echo "$WHEEL"
 
 step "cuobjdump: the wheel's _C holds code for every arch"
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-CUOBJDUMP="$(find "$SITE" -name cuobjdump -type f | head -n 1)"
+CUOBJDUMP="$(find "$SITE" -name cuobjdump -type f -print -quit)"
 [ -n "$CUOBJDUMP" ] || fail "no cuobjdump under $SITE (it ships in triton's package)"
 chmod +x "$CUOBJDUMP"
 SO_DIR="$WORK/wheel_so"

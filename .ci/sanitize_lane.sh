@@ -53,13 +53,17 @@ SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer"
   "$PY" setup.py -q build_ext --inplace) > "$WORK/build.log" 2>&1 ||
   { tail -n 60 "$WORK/build.log"; fail "the sanitizer build failed (log: $WORK/build.log)"; }
 SO="$(ls "$SRC"/birnn_ext/_C*.so)"
-LIBASAN="$(ldd "$SO" | awk '/libasan/ {print $3}')"
+# ldd's output is read once into a variable: `ldd | grep -q` under pipefail fails at random
+# (grep -q exits at its first match, ldd dies of SIGPIPE on its next write), which is how
+# CI once reported an instrumented module as "not instrumented".
+SO_LIBS="$(ldd "$SO")"
+LIBASAN="$(awk '/libasan/ {print $3}' <<<"$SO_LIBS")"
 [ -n "$LIBASAN" ] && [ -f "$LIBASAN" ] || fail "$SO does not link libasan: not instrumented"
-ldd "$SO" | grep -q libubsan || fail "$SO does not link libubsan: not instrumented"
+grep libubsan <<<"$SO_LIBS" >/dev/null || fail "$SO does not link libubsan: not instrumented"
 # libstdc++ is preloaded too: Python itself is C, so otherwise libstdc++ comes in with torch,
 # after ASan started, and ASan's __cxa_throw interceptor finds no real __cxa_throw ("CHECK
 # failed: asan_interceptors.cpp ... real___cxa_throw") at the first C++ exception.
-LIBSTDCXX="$(ldd "$SO" | awk '/libstdc\+\+/ {print $3}')"
+LIBSTDCXX="$(awk '/libstdc\+\+/ {print $3}' <<<"$SO_LIBS")"
 [ -f "$LIBSTDCXX" ] || fail "cannot find the libstdc++ that $SO links"
 PRELOAD="$LIBASAN $LIBSTDCXX"
 echo "$SO links $LIBASAN; preloading $PRELOAD"

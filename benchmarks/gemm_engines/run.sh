@@ -19,8 +19,8 @@ if [ ! -d "$WORK/ext" ]; then
   for wheel in "$WORK"/wheels/*.whl; do unzip -q -o "$wheel" -d "$WORK/ext"; done
 fi
 TORCH_DIR="$("$PYTHON" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
-LIBDNNL="$(find "$WORK/ext" -name 'libdnnl.so' | head -n 1)"
-LIBOPENBLAS="$(find "$WORK/ext" -name 'libscipy_openblas*.so' | head -n 1)"
+LIBDNNL="$(find "$WORK/ext" -name 'libdnnl.so' -print -quit)"
+LIBOPENBLAS="$(find "$WORK/ext" -name 'libscipy_openblas*.so' -print -quit)"
 LIB_DIRS="$(find "$WORK/ext" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)"
 export LD_LIBRARY_PATH="$LIB_DIRS:$TORCH_DIR/lib:${LD_LIBRARY_PATH:-}"
 g++ -O3 -std=c++17 -I"$TORCH_DIR/include" \
