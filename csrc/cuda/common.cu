@@ -1,8 +1,10 @@
 // The shared part's host code (csrc/cuda/common.cuh says what and why): the precision flags,
 // the per-thread direction streams and cuBLAS handles, and the fork/join of one call.
 #include <ATen/Context.h>
+#if !defined(BIRNN_CUDA_EMULATION)  // the CPU emulation's stand-ins: see common.cuh
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 
 #include <mutex>
 #include <vector>
@@ -48,9 +50,13 @@ DirectionContext* make_context(c10::DeviceIndex device) {
   const int64_t workspace_bytes = static_cast<int64_t>(at::cuda::getChosenWorkspaceSize());
   for (int d = 0; d < 2; ++d) {
     TORCH_CUDABLAS_CHECK(cublasCreate(&ctx->handles[d]));
+#if defined(BIRNN_CUDA_EMULATION)  // CPU memory stands for device memory (see common.cuh)
+    ctx->workspaces[d] = at::empty({workspace_bytes}, at::TensorOptions().dtype(at::kByte));
+#else
     ctx->workspaces[d] =
         at::empty({workspace_bytes}, at::TensorOptions().dtype(at::kByte).device(
                                          at::Device(at::kCUDA, device)));
+#endif
   }
   return ctx;
 }

@@ -25,15 +25,25 @@
 // run eagerly (torch's own cuBLAS calls need the same warm-up before capture). A first call
 // made during capture raises a clear error before touching the stream, so the capture is
 // aborted, never corrupted.
+//
+// CPU emulation. tests/test_cuda_emulation.py compiles common.cu, standard.cu and lengths.cu,
+// their own source, as plain C++ against CPU torch and compares the standard path with the
+// CPU ops. Its header (tests/cuda_emulation/cuda_mock.h, included first) defines
+// BIRNN_CUDA_EMULATION and stand-ins for CUDA, cuBLAS and c10::cuda; under that macro, and only
+// there, the sources differ: they skip their CUDA headers, launch_1d hands the grid to
+// birnn_emulation::launch (every thread a plain call, in a shuffled order) instead of
+// <<<...>>>, and the cuBLAS workspaces are CPU tensors (common.cu).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#if !defined(BIRNN_CUDA_EMULATION)  // the CPU emulation (above) has stand-ins for these
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <array>
 #include <climits>
@@ -66,7 +76,12 @@ template <typename Args>
 void launch_1d(void (*kernel)(Args), int64_t n, cudaStream_t stream, const Args& args) {
   const int64_t blocks = (n + kThreadsPerBlock - 1) / kThreadsPerBlock;
   TORCH_INTERNAL_ASSERT(blocks > 0 && blocks <= INT_MAX, "birnn_ext: bad grid for ", n);
+#if defined(BIRNN_CUDA_EMULATION)  // every kernel the CPU emulation runs starts here
+  birnn_emulation::launch(kernel, static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream,
+                          args);
+#else
   kernel<<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(args);
+#endif
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -9,9 +9,11 @@
 // the call, and a graph that captured it writes the same values on every replay (as any host
 // argument of a captured call is fixed).
 #include <ATen/ATen.h>
+#if !defined(BIRNN_CUDA_EMULATION)  // the CPU emulation's stand-ins: see common.cuh
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <algorithm>
 
