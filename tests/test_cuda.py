@@ -41,7 +41,7 @@ def _exact_float32_reference():
 
 def _cases():
     for cell in CELLS:
-        for mode in ("padded", "packed"):
+        for mode in ("padded", "packed", "lengths"):
             for dtype in (torch.float32, *LOW_PRECISION):
                 yield Case(cell=cell, mode=mode, bidirectional=True, num_layers=2, dtype=dtype,
                            h0=mode == "packed", batch_first=dtype == torch.float16,
