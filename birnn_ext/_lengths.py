@@ -9,7 +9,9 @@ values stay out of its guards (new lengths do not recompile).
 
 `packed_rows` maps each (step, sequence) of a padded batch to its row in the data
 torch.nn's pack_padded_sequence would make of it, so that inter-layer dropout can draw its
-mask in the packed shape, as torch.nn does, without packing anything.
+mask in the packed shape, as torch.nn does, without packing anything. `padded_positions` is
+the other way round, for PackedSequence input: where each packed row sits in the padded
+batch, so that the layer pads its input and packs its output with one scatter and one gather.
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ def host_lengths(lengths, batch: int, steps: int) -> Tensor:
     if lengths.dim() != 1 or lengths.size(0) != batch:
         raise ValueError(f"lengths must be 1-D with one length per sequence ({batch}), got "
                          f"shape {tuple(lengths.shape)}")
+    if (lengths.is_cuda and not torch.compiler.is_compiling()
+            and torch.cuda.is_current_stream_capturing()):
+        # Reading them back would wait for the capturing stream (and invalidate the capture).
+        raise RuntimeError(
+            f"lengths on {lengths.device} cannot be read during CUDA graph capture (checking "
+            "them needs their values on the host); pass them as a list or a CPU tensor: "
+            "their values then become part of the captured graph")
     lengths = lengths.to("cpu", torch.int64)  # from a GPU: the one device sync of the call
     if torch.compiler.is_compiling():
         return torch.ops.birnn_ext_py.check_lengths(lengths, steps)
@@ -89,3 +98,14 @@ def packed_rows(lengths: Tensor, steps: int, sort: bool, device) -> tuple[Tensor
         rank = torch.empty_like(rank).scatter_(0, order, rank)
     rows = torch.where(valid, starts.unsqueeze(1) + rank, 0)
     return rows.to(device), int(batch_sizes.sum())
+
+
+def padded_positions(batch_sizes: Tensor) -> tuple[Tensor, Tensor]:
+    """(positions [N], lengths [B]) for packed data with these batch_sizes ([T] int64 on the
+    CPU, as a PackedSequence holds them): where each packed row sits in the time-major padded
+    batch [T, B, ...] flattened to [T*B, ...], the batch in packed order (longest first), and
+    each sequence's length. At step t, packed data holds sequences 0 .. batch_sizes[t]-1, so
+    the valid (t, b) in row-major order are the packed rows in order. Host arithmetic on
+    [T, B] integers."""
+    valid = torch.arange(int(batch_sizes[0])) < batch_sizes.unsqueeze(1)  # [T, B]
+    return valid.flatten().nonzero().squeeze(1), valid.sum(0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from . import _lengths, _weights, ops
 
@@ -73,10 +73,16 @@ class _FusedForward:
         self._check_devices(checked_input, hx)
 
         if packed:
-            # Time-major padded batch in the packed (length-sorted) order: the one copy in
-            # that the ops' padded contract needs (and one out, below). The lengths stay on
-            # the CPU: the ops check them there and copy them to a GPU without a host sync.
-            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            # Time-major padded batch in the packed (length-sorted) order, zero past each end:
+            # the one copy in that the ops' padded contract needs (and one out, below), each
+            # a single scatter or gather whose gradient is one too. (pad_packed_sequence
+            # copies step by step, and autograd then copies the whole gradient once per step.)
+            # The lengths stay on the CPU: the ops check them there and copy them to a GPU
+            # without a host sync.
+            positions, lengths = _lengths.padded_positions(batch_sizes)
+            positions = positions.to(data.device, non_blocking=True)
+            x = data.new_zeros(len(batch_sizes) * batch, data.size(1))
+            x = x.index_copy_(0, positions, data).view(len(batch_sizes), batch, -1)
         else:
             x = input.transpose(0, 1) if self.batch_first else input
             if lengths is not None:
@@ -90,7 +96,7 @@ class _FusedForward:
         hidden = (h_n, c_n) if lstm else h_n
 
         if packed:
-            out_data = pack_padded_sequence(out, lengths).data
+            out_data = out.reshape(-1, out.size(2)).index_select(0, positions)
             return (PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(hidden, unsorted_indices))
         if self.batch_first:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import birnn_ext
 from birnn_ext import modules, ops
@@ -84,7 +84,8 @@ def test_no_sort_pack_unpack_or_input_copy(monkeypatch, batch_first, train):
         raise AssertionError("called on the lengths= path")
 
     for name in ("pack_padded_sequence", "pad_packed_sequence"):
-        monkeypatch.setattr(modules, name, refuse)
+        monkeypatch.setattr(torch.nn.utils.rnn, name, refuse)
+        monkeypatch.setattr(modules, name, refuse, raising=False)
     monkeypatch.setattr(torch, "sort", refuse)
     seen, layer = [], ops.layer
 
@@ -102,20 +103,34 @@ def test_no_sort_pack_unpack_or_input_copy(monkeypatch, batch_first, train):
     assert [s[2:] for s in seen] == [(torch.device("cpu"), torch.int64)] * 2
 
 
-def test_packed_input_makes_one_copy_in_and_one_out(monkeypatch):
-    """A PackedSequence is padded once on the way in and packed once on the way out, with
-    inter-layer dropout in training too (its mask is read in packed order, nothing repacked)."""
-    calls = []
-    for name in ("pack_padded_sequence", "pad_packed_sequence"):
-        def counted(*args, _fn=getattr(modules, name), _name=name, **kwargs):
-            calls.append(_name)
-            return _fn(*args, **kwargs)
-        monkeypatch.setattr(modules, name, counted)
+def _autograd_nodes(tensor):
+    """The names of the nodes of tensor's backward graph, one per node."""
+    seen, todo, names = set(), [tensor.grad_fn], []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        todo += [next_fn for next_fn, _ in node.next_functions]
+    return names
+
+
+def test_packed_input_costs_a_fixed_number_of_copies():
+    """A PackedSequence is padded with one scatter on the way in and packed with one gather
+    on the way out, inter-layer dropout included (its mask is read in packed order, nothing
+    repacked): the backward graph does not grow with the batch. (pad_packed_sequence copies
+    a block of steps per distinct length, and autograd then copies the whole gradient once
+    per block: up to B times.)"""
     _, ours = make_pair("gru", num_layers=3, bidirectional=True, dropout=0.3)
-    x = pack_padded_sequence(torch.randn(T, B, 5, dtype=torch.float64), [2, 6, 1, 5],
-                             enforce_sorted=False)
-    ours(x)
-    assert sorted(calls) == ["pack_padded_sequence", "pad_packed_sequence"]
+    graphs = []
+    for batch in (3, 9):
+        x = pack_padded_sequence(torch.randn(T + batch, batch, 5, dtype=torch.float64),
+                                 list(range(T + batch, T, -1)), enforce_sorted=False)
+        x = PackedSequence(x.data.requires_grad_(), *x[1:])
+        graphs.append(sorted(_autograd_nodes(ours(x)[0].data)))
+    assert graphs[0] == graphs[1]
+    assert graphs[0].count("IndexCopyBackward0") == graphs[0].count("IndexSelectBackward0") == 1
 
 
 # (name, input shape, lengths, message): the model is bidirectional, 2 layers, I=5, H=4.
@@ -298,3 +313,16 @@ def test_host_lengths_cost_no_device_sync():
             ours(x, lengths=lengths.tolist())
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.cuda
+def test_gpu_lengths_during_capture_raise_clearly():
+    _, ours = make_pair("gru", device="cuda")
+    x = torch.randn(T, B, 5, dtype=torch.float64, device="cuda")
+    lengths = torch.tensor([2, 6, 1, 5], device="cuda")
+    with torch.no_grad():
+        expected = ours(x, lengths=lengths)[0]  # also the warm-up
+        with pytest.raises(RuntimeError, match="cannot be read during CUDA graph capture"):
+            with torch.cuda.graph(torch.cuda.CUDAGraph()):
+                ours(x, lengths=lengths)
+        torch.testing.assert_close(ours(x, lengths=lengths)[0], expected, atol=0, rtol=0)
