@@ -3,8 +3,15 @@ same weights (the candidate), three input sets, the step each mode times, and th
 gate that runs before any timing.
 
 Both sides get the very same input objects: the same padded tensor, or the same PackedSequence
-(built once with enforce_sorted=False), and in train mode the same fixed random gradient for
-every output (output, h_n and, for an LSTM, c_n).
+(built once with enforce_sorted=False), or (lengths-api rows) the same padded tensor and
+lengths, and in train mode the same fixed random gradient for every output (output, h_n and,
+for an LSTM, c_n).
+
+A side calls its module by a route: "direct" (the input as it is), "pack" (torch.nn's way
+with a padded batch and lengths: pack, the layer, unpack; all timed) or "lengths" (the padded
+batch and lengths=, birnn_ext's way). Lengths-api rows time torch.nn by "pack" against
+birnn_ext by "lengths", and birnn_ext by "pack" as a third side: what the packing round trip
+costs birnn_ext itself.
 """
 
 import copy
@@ -13,7 +20,7 @@ import math
 import zlib
 
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
 N_INPUT_SETS = 3
@@ -76,11 +83,31 @@ def kernel_path(config, device, impl="birnn_ext"):
 
 
 class InputSet:
-    """One input (tensor or PackedSequence), the leaf whose grad train mode computes, and the
-    fixed gradients of the outputs."""
+    """One input (tensor or PackedSequence), the leaf whose grad train mode computes, the
+    fixed gradients of the outputs, and the lengths of a padded batch (lengths-api rows)."""
 
-    def __init__(self, x, leaf, grads):
-        self.x, self.leaf, self.grads = x, leaf, grads
+    def __init__(self, x, leaf, grads, lengths=None):
+        self.x, self.leaf, self.grads, self.lengths = x, leaf, grads, lengths
+
+
+def routes(config, impl="birnn_ext"):
+    """(baseline's route, candidate's route, the extra side's route or None) for a row."""
+    if not config.lengths_api:
+        return "direct", "direct", None
+    if impl == "self":  # a copy of torch.nn has no lengths=: A/A on torch.nn's route
+        return "pack", "pack", None
+    return "pack", "lengths", "pack"
+
+
+def call(module, inp, route):
+    """`module` on input set `inp` by `route` (see the module's docstring): (output, hidden),
+    with the output padded to T steps for "pack" and "lengths"."""
+    if route == "lengths":
+        return module(inp.x, lengths=inp.lengths)
+    if route == "pack":
+        out, hidden = module(pack_padded_sequence(inp.x, inp.lengths, enforce_sorted=False))
+        return pad_packed_sequence(out, total_length=inp.x.size(0))[0], hidden
+    return module(inp.x)
 
 
 def _lengths(config, gen):
@@ -90,26 +117,26 @@ def _lengths(config, gen):
 
 def make_inputs(config, baseline, device):
     """N_INPUT_SETS input sets. Varlen sets share one draw of lengths (uniform in [0.3T, T]) so
-    every timed run does the same work; only the data differ."""
+    every timed run does the same work; only the data differ. Lengths-api sets hold the
+    padded batch and the lengths (on the CPU, where pack_padded_sequence wants them)."""
     gen = torch.Generator().manual_seed(seed_of(config) + 1)
     dtype, train = _dtype(config), config.mode == "train"
     lengths = _lengths(config, gen) if config.varlen else None
     sets = []
     for _ in range(N_INPUT_SETS):
         padded = torch.randn(config.T, config.B, config.I, generator=gen).to(device, dtype)
-        if lengths is None:
-            x = leaf = padded.requires_grad_(train)
+        if lengths is None or config.lengths_api:
+            inp = InputSet(padded.requires_grad_(train), padded, None, lengths)
         else:
             packed = pack_padded_sequence(padded, lengths, enforce_sorted=False)
             leaf = packed.data.detach().requires_grad_(train)
-            x = PackedSequence(leaf, packed.batch_sizes, packed.sorted_indices,
-                               packed.unsorted_indices)
-        grads = None
+            inp = InputSet(PackedSequence(leaf, packed.batch_sizes, packed.sorted_indices,
+                                          packed.unsorted_indices), leaf, None)
         if train:
             with torch.no_grad():
-                shapes = [t.shape for t in outputs(baseline(x))]
-            grads = [torch.randn(s, generator=gen).to(device, dtype) for s in shapes]
-        sets.append(InputSet(x, leaf, grads))
+                shapes = [t.shape for t in outputs(call(baseline, inp, routes(config)[0]))]
+            inp.grads = [torch.randn(s, generator=gen).to(device, dtype) for s in shapes]
+        sets.append(inp)
     return sets
 
 
@@ -121,10 +148,11 @@ def outputs(result):
 
 
 class Side:
-    """One module and the inputs it runs on; `zero()` is untimed, `run(i)` is the timed step."""
+    """One module, the inputs it runs on and its route (see call); `zero()` is untimed,
+    `run(i)` is the timed step."""
 
-    def __init__(self, module, inputs, mode):
-        self.module, self.inputs, self.mode = module, inputs, mode
+    def __init__(self, module, inputs, mode, route="direct"):
+        self.module, self.inputs, self.mode, self.route = module, inputs, mode, route
         module.train(mode == "train")
         for p in module.parameters():
             p.requires_grad_(mode == "train")
@@ -140,9 +168,9 @@ class Side:
         inp = self.inputs[i % len(self.inputs)]
         if self.mode == "infer":
             with torch.inference_mode():
-                self.module(inp.x)
+                call(self.module, inp, self.route)
         else:
-            torch.autograd.backward(outputs(self.module(inp.x)), inp.grads)
+            torch.autograd.backward(outputs(call(self.module, inp, self.route)), inp.grads)
 
     def results(self, i=0):
         """What the gate compares: the outputs, and in train mode every gradient."""
@@ -150,8 +178,8 @@ class Side:
         inp = self.inputs[i]
         if self.mode == "infer":
             with torch.inference_mode():
-                return [t.clone() for t in outputs(self.module(inp.x))]
-        outs = outputs(self.module(inp.x))
+                return [t.clone() for t in outputs(call(self.module, inp, self.route))]
+        outs = outputs(call(self.module, inp, self.route))
         torch.autograd.backward(outs, inp.grads)
         grads = [inp.leaf.grad] + [p.grad for _, p in sorted(self.module.named_parameters())]
         return [t.detach() for t in outs] + grads

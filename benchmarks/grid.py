@@ -1,8 +1,9 @@
 """The benchmark grids of the protocol (benchmarks/README.md), as lists of Config.
 
-A grid is a set of axes (cell, mode, dtype, T, B, H, layers, bidirectional, varlen); the
-configurations are their product, with I = H. The fastrnns default configuration is added to
-every grid and comes first, unless a filter on the command line excludes it.
+A grid is a set of axes (cell, mode, dtype, T, B, H, layers, bidirectional, varlen,
+lengths_api); the configurations are their product, with I = H. The fastrnns default
+configuration is added to every grid and comes first, unless a filter on the command line
+excludes it.
 """
 
 import dataclasses
@@ -25,19 +26,27 @@ class Config:
     layers: int = 1
     bidirectional: bool = True
     varlen: bool = False
+    # With varlen: both sides get a padded batch and its lengths, torch.nn packs and unpacks
+    # around its layer (pack_padded_sequence(enforce_sorted=False), pad_packed_sequence) and
+    # birnn_ext takes lengths= (run.py --lengths-api).
+    lengths_api: bool = False
 
     def key(self):
         """A short readable name, also used to seed the configuration's weights and inputs."""
-        lengths = "varlen" if self.varlen else "padded"
+        lengths = "lengths-api" if self.lengths_api else "varlen" if self.varlen else "padded"
         dirs = "bi" if self.bidirectional else "uni"
         return (f"{self.cell}-{self.mode}-{self.dtype}-T{self.T}-B{self.B}-H{self.H}-I{self.I}"
                 f"-L{self.layers}-{dirs}-{lengths}")
 
 
+# The axes a grid spans (and the command line filters); a Config also holds I, which is H.
+AXES = ("cell", "mode", "dtype", "T", "B", "H", "layers", "bidirectional", "varlen",
+        "lengths_api")
+
 # LSTM, T=100, B=64, I=H=512, 1 layer, float32, bidirectional, padded: the configuration the
 # PyTorch community compares RNNs on (benchmarks/fastrnns in the pytorch repo).
 FASTRNNS_DEFAULT = dict(cell="LSTM", dtype="float32", T=100, B=64, H=512, layers=1,
-                        bidirectional=True, varlen=False)
+                        bidirectional=True, varlen=False, lengths_api=False)
 
 # Axis values per grid. "quick" and "standard"/"full" are the two columns of the protocol's
 # table; "cpu-issue" is the CPU table asked for in the project's issue (run it with
@@ -68,7 +77,8 @@ def build(grid, overrides=None):
     values (say --B 1) leaves it out too, so a filtered run measures only what was asked.
     """
     overrides = {k: list(v) for k, v in (overrides or {}).items() if v is not None}
-    axes = dict(GRIDS[grid], **overrides)
+    axes = dict(GRIDS[grid], lengths_api=[False])  # no grid has lengths-api rows unless asked
+    axes.update(overrides)
 
     configs = []
     for mode in axes["mode"]:
@@ -76,9 +86,10 @@ def build(grid, overrides=None):
         if all(default[name] in values for name, values in overrides.items()):
             configs.append(Config(I=default["H"], **default))
 
-    names = ["cell", "mode", "dtype", "T", "B", "H", "layers", "bidirectional", "varlen"]
-    for values in itertools.product(*(axes[name] for name in names)):
-        config = Config(I=values[names.index("H")], **dict(zip(names, values)))
+    for values in itertools.product(*(axes[name] for name in AXES)):
+        config = Config(I=values[AXES.index("H")], **dict(zip(AXES, values)))
+        if config.lengths_api and not config.varlen:
+            continue  # the lengths-api rows are variable-length rows
         if config not in configs:
             configs.append(config)
     return configs

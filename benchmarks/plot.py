@@ -10,12 +10,14 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-OTHER_AXES = ["dtype", "varlen", "T", "layers", "bidirectional"]
+OTHER_AXES = ["dtype", "varlen", "lengths_api", "T", "layers", "bidirectional"]
 
 
 def _label(axis, value):
     if axis == "varlen":
         return "varlen" if value else "padded"
+    if axis == "lengths_api":
+        return "lengths=" if value else "packed"
     if axis == "bidirectional":
         return "bi" if value else "uni"
     return f"{axis}={value}" if axis in ("T", "layers") else str(value)

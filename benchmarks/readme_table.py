@@ -44,8 +44,14 @@ def isa_label(rec: dict) -> str:
     return isa["torch"] + (f" ({'; '.join(notes)})" if notes else "")
 
 
+def _lengths_api(rec: dict) -> bool:
+    return any(r.get("lengths_api") for r in rec["rows"])
+
+
 def heading(rec: dict) -> str:
-    return f"{rec['device']['name']}, {isa_label(rec)}, {rec.get('grid', '?')} grid"
+    # lengths-api rows time other routes than the grid's own rows: a group of their own.
+    return (f"{rec['device']['name']}, {isa_label(rec)}, {rec.get('grid', '?')} grid"
+            + (", lengths= against torch.nn's pack/unpack route" if _lengths_api(rec) else ""))
 
 
 def summary_line(rows) -> str:
@@ -67,23 +73,28 @@ def summary_line(rows) -> str:
 
 def table(rec: dict) -> str:
     device = rec["device"]
+    api = _lengths_api(rec)
     lines = [
         f"`{rec['command']}` at commit `{rec['commit'][:12]}`, {rec['date']}, "
         f"{device['name']}, torch {device['torch']}, {device['threads']} threads "
         "(speedup = torch.nn ms / birnn_ext ms; above 1 means birnn_ext is faster; busy%: "
-        "CPU other processes took during the row):",
+        "CPU other processes took during the row"
+        + ("; torch.nn packs and unpacks, birnn_ext takes lengths=, and `via pack` is "
+           "birnn_ext packing and unpacking too" if api else "") + "):",
         "",
-        "| cell | mode | T | B | H | torch.nn ms | birnn_ext ms | speedup | rel. error | busy% |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| cell | mode | T | B | H | torch.nn ms | birnn_ext ms |" + (" via pack ms |" if api else "")
+        + " speedup | rel. error | busy% |",
+        "| --- " * (10 + api) + "|",
     ]
     for row in rec["rows"]:
         start = f"| {row['cell']} | {row['mode']} | {row['T']} | {row['B']} | {row['H']} |"
         busy = row.get("foreign_cpu")
         busy = "-" if busy is None else f"{100 * busy:.0f}"
         if row["status"] != "ok":
-            lines.append(f"{start} | | {row['status']} | | {busy} |")
+            lines.append(f"{start} |{' |' * api} | {row['status']} | | {busy} |")
             continue
-        lines.append(f"{start} {row['baseline_ms']:.2f} | {row['birnn_ms']:.2f} | "
+        via_pack = f" {row['birnn_packed_ms']:.2f} |" if api else ""
+        lines.append(f"{start} {row['baseline_ms']:.2f} | {row['birnn_ms']:.2f} |{via_pack} "
                      f"{row['speedup']:.2f}x | {row['rel_err']:.1e} | {busy} |")
     if rec.get("incomplete"):
         lines += ["", f"Incomplete run: {rec['incomplete']['reason']}; "

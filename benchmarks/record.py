@@ -14,8 +14,9 @@ import subprocess
 import torch
 
 ROW_FIELDS = ["cell", "mode", "dtype", "T", "B", "H", "I", "layers", "bidirectional", "varlen",
-              "status", "baseline_ms", "birnn_ms", "speedup", "rel_err", "baseline_peak_mb",
-              "birnn_peak_mb", "path", "reps", "foreign_cpu", "error"]
+              "lengths_api", "status", "baseline_ms", "birnn_ms", "birnn_packed_ms", "speedup",
+              "rel_err", "baseline_peak_mb", "birnn_peak_mb", "path", "reps", "foreign_cpu",
+              "error"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -78,6 +79,14 @@ def tests_block(path):
     return block
 
 
+def _lengths_label(row):
+    """'padded', 'varlen' (PackedSequence input) or 'lengths=' (lengths-api rows; records
+    made before they existed have no such field)."""
+    if row.get("lengths_api"):
+        return "lengths="
+    return "varlen" if row["varlen"] else "padded"
+
+
 def row_name(row):
     """'LSTM infer B=8 H=512', with T, dtype and the other axes only where they are not the
     grids' usual (float32, bidirectional, 1 layer, padded)."""
@@ -85,13 +94,15 @@ def row_name(row):
     extras = [row["dtype"] if row["dtype"] != "float32" else "",
               "uni" if not row["bidirectional"] else "",
               f"{row['layers']} layers" if row["layers"] != 1 else "",
-              "varlen" if row["varlen"] else ""]
+              _lengths_label(row) if row["varlen"] else ""]
     return " ".join([name] + [e for e in extras if e])
 
 
 def summary(rows):
     """Over ok rows: geometric-mean speedup (all, B <= 8, the LSTM alone at B <= 8), the lowest
-    speedup and its row; and the largest foreign_cpu over all rows."""
+    speedup and its row, and over lengths-api rows the geometric mean of birnn_packed_ms /
+    birnn_ms (what packing and unpacking costs birnn_ext, as a factor); and the largest
+    foreign_cpu over all rows."""
     ok = [r for r in rows if r["status"] == "ok" and r["speedup"]]
 
     def gmean(xs):
@@ -105,6 +116,8 @@ def summary(rows):
                                                   if r["B"] <= 8 and r["cell"] == "LSTM"]),
             "min_speedup": lowest and lowest["speedup"],
             "min_row": lowest and row_name(lowest),
+            "geomean_pack_route_over_lengths": gmean([r["birnn_packed_ms"] / r["birnn_ms"]
+                                                      for r in ok if r.get("birnn_packed_ms")]),
             "max_foreign_cpu": max((r["foreign_cpu"] for r in rows
                                     if r.get("foreign_cpu") is not None), default=None)}
 
@@ -153,8 +166,8 @@ def _num(x, fmt):
 def table(rows, default_key):
     """The rows as a fixed-width table; the fastrnns default rows first, marked '*'."""
     head = (f"  {'cell':4} {'mode':5} {'dtype':8} {'T':>4} {'B':>4} {'H':>5} {'L':>1} {'dir':3} "
-            f"{'len':6} {'torch ms':>9} {'birnn ms':>9} {'speedup':>7} {'rel_err':>8} "
-            f"{'peak MB t/b':>13} {'busy%':>5} {'status':6} path")
+            f"{'len':8} {'torch ms':>9} {'birnn ms':>9} {'b.packed':>9} {'speedup':>7} "
+            f"{'rel_err':>8} {'peak MB t/b':>13} {'busy%':>5} {'status':6} path")
     lines = [head, "-" * len(head)]
     ordered = sorted(rows, key=lambda r: not default_key(r))
     for r in ordered:
@@ -163,8 +176,9 @@ def table(rows, default_key):
         lines.append(
             f"{'*' if default_key(r) else ' '} {r['cell']:4} {r['mode']:5} {r['dtype']:8} "
             f"{r['T']:>4} {r['B']:>4} {r['H']:>5} {r['layers']:>1} "
-            f"{'bi' if r['bidirectional'] else 'uni':3} {'varlen' if r['varlen'] else 'padded':6} "
+            f"{'bi' if r['bidirectional'] else 'uni':3} {_lengths_label(r):8} "
             f"{_num(r['baseline_ms'], '9.3f')} {_num(r['birnn_ms'], '9.3f')} "
+            f"{_num(r.get('birnn_packed_ms'), '9.3f')} "
             f"{_num(r['speedup'], '7.2f')} {_num(r['rel_err'], '8.1e')} {peak:>13} "
             f"{_num(None if r['foreign_cpu'] is None else 100 * r['foreign_cpu'], '5.0f')} "
             f"{r['status']:6} {r['path']}")
@@ -173,9 +187,16 @@ def table(rows, default_key):
     lines.append("* fastrnns default (LSTM, T=100, B=64, I=H=512, 1 layer, float32, bidirectional)")
     lines.append("busy%: CPU time other processes took during the row, % of all cores "
                  "(0 on a quiet machine)")
+    if any(r.get("lengths_api") for r in rows):
+        lines.append("lengths=: torch ms is torch.nn with pack_padded_sequence and "
+                     "pad_packed_sequence, birnn ms is birnn_ext with lengths=, b.packed is "
+                     "birnn_ext through torch.nn's pack/unpack route")
     lines.append(f"ok rows {s['ok_rows']}/{s['rows']}; speedup = torch ms / birnn ms; geomean "
                  f"{_num(s['geomean_speedup'], '.3f')}, geomean B<=8 "
                  f"{_num(s['geomean_speedup_B_le_8'], '.3f')}, LSTM B<=8 "
                  f"{_num(s['geomean_speedup_LSTM_B_le_8'], '.3f')}, min "
-                 f"{_num(s['min_speedup'], '.3f')}" + (f" ({s['min_row']})" if s["min_row"] else ""))
+                 f"{_num(s['min_speedup'], '.3f')}" + (f" ({s['min_row']})" if s["min_row"] else "")
+                 + (f"; birnn_ext's pack/unpack route / its lengths=: geomean "
+                    f"{s['geomean_pack_route_over_lengths']:.3f}"
+                    if s["geomean_pack_route_over_lengths"] else ""))
     return "\n".join(lines)

@@ -7,6 +7,7 @@ killed keeps what it measured) and, at the end, the .png.
     python benchmarks/run.py --device cuda --grid standard --out OUTDIR --tests-json tests.json
     python benchmarks/run.py --device cpu --grid cpu-issue          # the issue's CPU table
     python benchmarks/run.py --device cpu --cell LSTM --B 1,8 --mode train --varlen
+    python benchmarks/run.py --device cpu --grid cpu-issue --lengths-api   # lengths= vs packing
     python benchmarks/run.py --device cpu --self-test               # torch.nn vs itself (A/A)
     python benchmarks/run.py --device cuda --max-seconds 480        # stop between rows at 8 min
 
@@ -14,6 +15,7 @@ Axis options (--cell, --dtype, --B, ...) replace that axis of the grid; see benc
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import shlex
@@ -79,6 +81,10 @@ def parse_args(argv):
                          help="padded input, every sequence T long")
     lengths.add_argument("--both-lengths", dest="varlen", action="store_const",
                          const=[False, True])
+    lengths.add_argument("--lengths-api", action="store_true",
+                         help="varlen rows on a padded batch and its lengths: torch.nn packs "
+                              "and unpacks around its layer, birnn_ext takes lengths= (and "
+                              "is timed through torch.nn's route too: birnn_packed_ms)")
     p.add_argument("--threads", type=int,
                    help="torch.set_num_threads for both sides (default 2 on cpu; cuda: "
                         "torch's default)")
@@ -99,6 +105,10 @@ def parse_args(argv):
     p.add_argument("--list", action="store_true", help="print the configurations and exit")
     args = p.parse_args(argv)
     args.grid = args.grid or grids.DEFAULT_GRID[args.device]
+    # The filters on the lengths axes; unset, a grid keeps its own (and no lengths-api rows).
+    args.lengths_api = [True] if args.lengths_api else None
+    if args.lengths_api:
+        args.varlen = [True]
     if args.device == "cpu" and args.threads is None:
         args.threads = 2
     return args
@@ -106,11 +116,10 @@ def parse_args(argv):
 
 def measure(config, args, impl, tqdm_bar):
     """One row of the record."""
-    row = {name: getattr(config, name) for name in
-           ["cell", "mode", "dtype", "T", "B", "H", "I", "layers", "bidirectional", "varlen"]}
-    row.update(status="ok", baseline_ms=None, birnn_ms=None, speedup=None, rel_err=None,
-               baseline_peak_mb=None, birnn_peak_mb=None, path="unknown", reps=None,
-               foreign_cpu=None, error=None)
+    row = dataclasses.asdict(config)
+    row.update(status="ok", baseline_ms=None, birnn_ms=None, birnn_packed_ms=None,
+               speedup=None, rel_err=None, baseline_peak_mb=None, birnn_peak_mb=None,
+               path="unknown", reps=None, foreign_cpu=None, error=None)
     device = args.device
     try:
         row["path"] = cases.kernel_path(config, device, impl)
@@ -124,21 +133,25 @@ def measure(config, args, impl, tqdm_bar):
         baseline = cases.make_baseline(config, device)
         candidate = cases.make_candidate(baseline, config, device, impl)
         inputs = cases.make_inputs(config, baseline, device)
-        a = cases.Side(baseline, inputs, config.mode)
-        b = cases.Side(candidate, inputs, config.mode)
-        err = cases.check(a, b, config, device)
+        route_a, route_b, route_c = cases.routes(config, impl)
+        a = cases.Side(baseline, inputs, config.mode, route_a)
+        sides = [a, cases.Side(candidate, inputs, config.mode, route_b)]
+        if route_c is not None:  # birnn_ext through torch.nn's route, gated as well
+            sides.append(cases.Side(candidate, inputs, config.mode, route_c))
+        err = max(cases.check(a, side, config, device) for side in sides[1:])
         row["rel_err"] = err if math.isfinite(err) else None
         if not err <= cases.TOLERANCE[config.dtype]:
             row.update(status="wrong", foreign_cpu=foreign.stop())
             return row
         # The gate just ran each side's step once on input set 0: that counts as warm-up run 1.
-        ms_a, ms_b, reps = timing.time_pair(
-            a, b, device,
+        times, reps = timing.time_sides(
+            sides, device,
             warmup=max(protocol["warmup"], args.warmup or 0) - 1,
             min_reps=max(protocol["min_reps"], args.min_reps or 0),
             max_reps=max(protocol["min_reps"], args.min_reps or 0, args.max_reps or 200),
             budget_s=args.budget)
-        row.update(baseline_ms=ms_a, birnn_ms=ms_b, speedup=ms_a / ms_b, reps=reps)
+        row.update(baseline_ms=times[0], birnn_ms=times[1], speedup=times[0] / times[1],
+                   birnn_packed_ms=times[2] if len(times) > 2 else None, reps=reps)
         if device == "cuda" and config.mode == "train":
             row.update(baseline_peak_mb=timing.peak_mb(a), birnn_peak_mb=timing.peak_mb(b))
     except Exception as e:  # recorded, not raised: one failing configuration ends no grid
@@ -152,7 +165,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     filters = {name: getattr(args, name) for name in
-               ["cell", "mode", "dtype", "T", "B", "H", "layers", "varlen"]}
+               ["cell", "mode", "dtype", "T", "B", "H", "layers", "varlen", "lengths_api"]}
     configs = grids.build(args.grid, filters)
     if args.list:
         print("\n".join(c.key() for c in configs))
@@ -237,16 +250,17 @@ def report(rec, args, stop):
 
 
 def _config_of(row):
-    return grids.Config(**{name: row[name] for name in
-                           ["cell", "mode", "dtype", "T", "B", "H", "I", "layers",
-                            "bidirectional", "varlen"]})
+    return grids.Config(**{f.name: row[f.name] for f in dataclasses.fields(grids.Config)})
 
 
 def _stem(args, info, filters, rec_date):
     stem = f"{rec_date}-{record.short_name(info)}"
     if args.grid != grids.DEFAULT_GRID[args.device]:
         stem += f"-{args.grid}"
-    if any(v is not None for v in filters.values()):
+    implied = ("varlen", "lengths_api") if args.lengths_api else ()  # by --lengths-api
+    if args.lengths_api:
+        stem += "-lengths-api"
+    if any(v is not None for k, v in filters.items() if k not in implied):
         stem += "-subset"
     if args.self_test:
         stem += "-selftest"

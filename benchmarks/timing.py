@@ -1,4 +1,5 @@
-"""Timing of two sides interleaved (A B A B ...), per the protocol in benchmarks/README.md.
+"""Timing of two sides interleaved (A B A B ...; lengths-api rows add a third, A B C A B C ...),
+per the protocol in benchmarks/README.md.
 
 CPU: time.perf_counter around each run; warm-up 2 runs each, then at least 7 timed runs each.
 GPU: CUDA events around each run, the stream drained before each so a run's time includes its
@@ -50,24 +51,31 @@ def _timer(device):
 
 def time_pair(a, b, device, warmup, min_reps, max_reps, budget_s):
     """Median ms of side a and side b, and how many timed runs each got."""
+    (ms_a, ms_b), reps = time_sides([a, b], device, warmup, min_reps, max_reps, budget_s)
+    return ms_a, ms_b, reps
+
+
+def time_sides(sides, device, warmup, min_reps, max_reps, budget_s):
+    """([median ms of each side], timed runs each got): the sides interleaved, A B C A B C ...;
+    the budget is per side."""
     timed = _timer(device)
     for i in range(warmup):
-        for side in (a, b):
+        for side in sides:
             side.zero()
             side.run(i)
     if device == "cuda":
         torch.cuda.synchronize()
 
-    times_a, times_b = [], []
+    times = [[] for _ in sides]
     began = time.perf_counter()
     for i in range(max_reps):
-        times_a.append(timed(a, i))
-        times_b.append(timed(b, i))
-        if i + 1 >= min_reps and time.perf_counter() - began >= 2 * budget_s:
+        for side, mine in zip(sides, times):
+            mine.append(timed(side, i))
+        if i + 1 >= min_reps and time.perf_counter() - began >= len(sides) * budget_s:
             break
-    a.zero()
-    b.zero()
-    return statistics.median(times_a), statistics.median(times_b), len(times_a)
+    for side in sides:
+        side.zero()
+    return [statistics.median(mine) for mine in times], len(times[0])
 
 
 def peak_mb(side):

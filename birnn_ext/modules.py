@@ -2,9 +2,9 @@
 
 The classes subclass torch.nn's and add no state: constructor, parameters, state_dict,
 checks and error messages are the parent's. Only forward() differs: it brings every input
-form (batched, unbatched, batch_first, PackedSequence) to a padded time-major batch plus
-per-sequence lengths, makes one op call per layer for both directions, and returns what
-torch.nn returns. convert() turns existing torch.nn layers into these in place.
+form (batched, unbatched, batch_first, PackedSequence, a padded batch with lengths=) to a
+padded time-major batch plus per-sequence lengths, makes one op call per layer for both
+directions, and returns what torch.nn returns. convert() turns existing torch.nn layers into these in place.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
-from . import _weights, ops
+from . import _lengths, _weights, ops
 
 _CELL_OF_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
 
@@ -24,11 +24,31 @@ class _FusedForward:
 
     _input_dim_error: str  # torch.nn's message for a 1-D or 4-D input, per class
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, lengths=None):
+        """torch.nn's forward, plus the keyword `lengths` for a padded batch of sequences of
+        different lengths, without packing it.
+
+        lengths: one length per sequence of a batched (3-D) input, each in [1, T], as a list
+        of ints or an integer tensor on any device. The result is exactly torch.nn's for the
+        batch packed with pack_padded_sequence(input, lengths, batch_first=...,
+        enforce_sorted=False) and the output unpacked with pad_packed_sequence(...,
+        total_length=T): output zero past each sequence's end, h_n (and c_n) at each
+        sequence's last step, in the caller's batch order. The input is not sorted, packed
+        or copied: the first layer reads it where it is. In training, inter-layer dropout draws its mask as torch.nn draws it on the
+        packed data, so a seed gives torch.nn's mask (under torch.compile the mask is drawn
+        on the padded output instead: compiled code draws its own random numbers anyway).
+        The lengths are checked on the host, never clamped: a list or a CPU tensor costs no
+        device sync; a tensor on a GPU is copied to the host once per call (a sync). Under
+        torch.compile the checks run inside an op, so lengths may change between calls
+        without a graph break or a recompilation.
+        """
         self._update_flat_weights()
         lstm = self.mode == "LSTM"
         packed = isinstance(input, PackedSequence)
         if packed:
+            if lengths is not None:
+                raise ValueError("lengths= is for a padded batch; a PackedSequence carries "
+                                 "its own lengths")
             data, batch_sizes, sorted_indices, unsorted_indices = input
             _check_batch_sizes(data, batch_sizes)
             if hx is not None:
@@ -40,6 +60,9 @@ class _FusedForward:
             if input.dim() not in (2, 3):
                 raise ValueError(self._input_dim_error.format(input.dim()))
             unbatched = input.dim() == 2
+            if unbatched and lengths is not None:
+                raise ValueError("lengths= needs a batched (3-D) input; an unbatched input is "
+                                 "one sequence of input.size(0) steps")
             batch_dim = 0 if self.batch_first else 1
             if unbatched:
                 input = input.unsqueeze(batch_dim)
@@ -51,22 +74,30 @@ class _FusedForward:
         self._check_devices(checked_input, hx)
 
         if packed:
-            # Time-major padded batch in the packed (length-sorted) order. The lengths stay on
-            # the CPU: the ops check them there and copy them to a GPU without a host sync.
-            x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            lengths = lengths_cpu
+            # Time-major padded batch in the packed (length-sorted) order, zero past each end:
+            # the one copy in that the ops' padded contract needs (and one out, below), each
+            # a single scatter or gather whose gradient is one too. (pad_packed_sequence
+            # copies step by step, and autograd then copies the whole gradient once per step.)
+            # The lengths stay on the CPU: the ops check them there and copy them to a GPU
+            # without a host sync.
+            positions, lengths = _lengths.padded_positions(batch_sizes)
+            positions = positions.to(data.device, non_blocking=True)
+            x = data.new_zeros(len(batch_sizes) * batch, data.size(1))
+            x = x.index_copy_(0, positions, data).view(len(batch_sizes), batch, -1)
         else:
             x = input.transpose(0, 1) if self.batch_first else input
-            lengths_cpu = lengths = None
+            if lengths is not None:
+                lengths = _lengths.host_lengths(lengths, x.size(1), x.size(0))
         h0, c0 = hx if lstm else (hx, None)
-        out, h_n, c_n = self._run_layers(x, lengths, lengths_cpu, batch_sizes, h0, c0)
+        dropout_rows = None
+        if (lengths is not None and self.dropout > 0 and self.training and self.num_layers > 1
+                and not torch.compiler.is_compiling()):
+            dropout_rows = _lengths.packed_rows(lengths, x.size(0), not packed, x.device)
+        out, h_n, c_n = self._run_layers(x, lengths, dropout_rows, h0, c0)
         hidden = (h_n, c_n) if lstm else h_n
 
         if packed:
-            # pack_padded_sequence refuses a batch of 0, which a PackedSequence made by hand
-            # can hold (batch_sizes all 0), and torch.nn runs.
-            out_data = (pack_padded_sequence(out, lengths_cpu).data if batch > 0
-                        else out.new_empty((0, out.size(2))))
+            out_data = out.reshape(-1, out.size(2)).index_select(0, positions)
             return (PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(hidden, unsorted_indices))
         if self.batch_first:
@@ -139,7 +170,7 @@ class _FusedForward:
                 stacked("bias_hh") if self.bias else None,
                 stacked("weight_hr") if self.proj_size > 0 else None)
 
-    def _run_layers(self, x, lengths, lengths_cpu, batch_sizes, h0, c0):
+    def _run_layers(self, x, lengths, dropout_rows, h0, c0):
         """All layers over the padded batch x [T, B, I]: (output, h_n, c_n)."""
         cell = _CELL_OF_MODE[self.mode]
         directions = 2 if self.bidirectional else 1
@@ -152,24 +183,29 @@ class _FusedForward:
             h_n.append(h)
             c_n.append(c)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = self._dropout(x, lengths_cpu, batch_sizes)
+                x = self._dropout(x, dropout_rows)
         return x, torch.cat(h_n), (torch.cat(c_n) if c0 is not None else None)
 
-    def _dropout(self, x, lengths_cpu, batch_sizes):
-        """Inter-layer dropout drawn exactly as torch.nn draws it: on the layer output as
-        torch.nn holds it (packed data for packed input), so a seed gives the same mask."""
-        if lengths_cpu is None:
+    def _dropout(self, x, packed_rows):
+        """Inter-layer dropout drawn exactly as torch.nn draws it, so a seed gives the same
+        mask: on the layer output as torch.nn holds it. For variable lengths (packed input,
+        lengths=) torch.nn holds packed data [N, F], so the mask is drawn in that shape and
+        each (step, sequence) reads its packed row (`packed_rows`, from
+        _lengths.packed_rows); x itself is never packed. Past a sequence's end x is zero,
+        whatever mask it meets. None: drawn on x (padded input, and under torch.compile)."""
+        if packed_rows is None:
             return F.dropout(x, self.dropout, True)
-        data = F.dropout(pack_padded_sequence(x, lengths_cpu).data, self.dropout, True)
-        return pad_packed_sequence(PackedSequence(data, batch_sizes), total_length=x.size(0))[0]
+        rows, count = packed_rows
+        noise = F.dropout(x.new_ones(count, x.size(2)), self.dropout, True)  # 0 or 1/(1-p)
+        return x * noise[rows]
 
 
 def _check_batch_sizes(data, batch_sizes):
     """A PackedSequence can be built by hand with any batch_sizes. torch.nn's kernels reject
-    most inconsistent ones (with incidental messages), but pad_packed_sequence, which the
-    layers use, does not check them: some (a size that grows, a zero) make it write out of
-    bounds, and extra data rows would be read as if they belonged to a sequence. So they are
-    checked first, at the cost of one pass over T integers."""
+    most inconsistent ones (with incidental messages); the layers here place the packed rows
+    by positions computed from batch_sizes alone, so a size that grows or rows that do not
+    add up would be read as if they belonged to other sequences, or fail deep inside with an
+    index error. So they are checked first, at the cost of one pass over T integers."""
     if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or not batch_sizes.is_cpu:
         raise RuntimeError("birnn_ext: a PackedSequence's batch_sizes must be a 1-D int64 CPU "
                            f"tensor, got {batch_sizes.dim()}-D {batch_sizes.dtype} on "

@@ -8,7 +8,7 @@ import dataclasses
 import itertools
 
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import birnn_ext
 from birnn_ext import ops
@@ -45,7 +45,9 @@ def make_pair(cell, input_size=I, hidden_size=H, dtype=torch.float64, device="cp
 class Case:
     """One parity configuration. mode: "padded" (3-D), "packed" (PackedSequence built with
     enforce_sorted=False from LENGTHS), "sorted" (PackedSequence from sorted lengths,
-    enforce_sorted=True) or "unbatched" (2-D input)."""
+    enforce_sorted=True), "unbatched" (2-D input) or "lengths" (3-D input and LENGTHS:
+    birnn_ext takes them as lengths=, torch.nn packs with enforce_sorted=False and unpacks
+    its output with total_length=T, the route lengths= stands for)."""
 
     cell: str
     mode: str = "padded"
@@ -101,7 +103,7 @@ def make_inputs(case: Case, b=B):
         h0 = torch.randn(num_states, b, h_out, dtype=dtype)
         c0 = torch.randn(num_states, b, hidden, dtype=dtype)
     lengths = [min(n, t) for n in LENGTHS[:b - 1]] + [t]
-    if case.mode == "packed":
+    if case.mode in ("packed", "lengths"):
         lengths = torch.tensor(lengths)
     elif case.mode == "sorted":
         lengths = torch.tensor(sorted(lengths, reverse=True))
@@ -119,17 +121,24 @@ def run(model, case: Case, inputs):
     h0 = inputs["h0"].clone().requires_grad_() if inputs["h0"] is not None else None
     c0 = inputs["c0"].clone().requires_grad_() if inputs["c0"] is not None else None
     model.zero_grad(set_to_none=True)
+    lengths = inputs["lengths"]
+    keyword = case.mode == "lengths" and isinstance(model, birnn_ext.modules._FusedForward)
     arg = x
-    if inputs["lengths"] is not None:
-        arg = pack_padded_sequence(x, inputs["lengths"], batch_first=case.batch_first,
+    if lengths is not None and not keyword:
+        if isinstance(lengths, torch.Tensor):
+            lengths = lengths.cpu()  # pack_padded_sequence takes CPU lengths only
+        arg = pack_padded_sequence(x, lengths, batch_first=case.batch_first,
                                    enforce_sorted=case.mode == "sorted")
     hx = None
     if h0 is not None:
         hx = (h0, c0) if case.cell == "lstm" else h0
-    out, state = model(arg, hx)
+    out, state = model(arg, hx, lengths=lengths) if keyword else model(arg, hx)
+    if case.mode == "lengths" and not keyword:
+        out = pad_packed_sequence(out, batch_first=case.batch_first,
+                                  total_length=x.size(1 if case.batch_first else 0))[0]
     h_n, c_n = state if case.cell == "lstm" else (state, None)
     result = dict(h_n=h_n, c_n=c_n)
-    if inputs["lengths"] is not None:
+    if lengths is not None and case.mode != "lengths":
         assert isinstance(out, PackedSequence)
         result.update(output=out.data, batch_sizes=out.batch_sizes,
                       sorted_indices=out.sorted_indices, unsorted_indices=out.unsorted_indices)

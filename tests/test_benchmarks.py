@@ -137,6 +137,75 @@ def test_killed_process_leaves_a_whole_record(tmp_path):
     assert rec["incomplete"]["not_run"] == N_TINY - len(rec["rows"])
 
 
+# --lengths-api ---------------------------------------------------------------------------
+
+
+def _spy_routes(monkeypatch):
+    """Records (which implementation, route) of every module call the benchmark makes."""
+    seen, call = set(), run.cases.call
+
+    def spy(module, inp, route):
+        seen.add((type(module).__module__.split(".")[0], route))
+        return call(module, inp, route)
+
+    monkeypatch.setattr(run.cases, "call", spy)
+    return seen
+
+
+def test_lengths_api_rows(tmp_path, monkeypatch, capsys):
+    """torch.nn packs and unpacks, birnn_ext takes lengths= and is timed through the packing
+    route as well; all three gated, each row says so."""
+    seen = _spy_routes(monkeypatch)
+    assert run.main(TINY + ["--lengths-api", "--out", str(tmp_path), "--name", "t"]) == 0
+    assert seen == {("torch", "pack"), ("birnn_ext", "lengths"), ("birnn_ext", "pack")}
+    rec = _load(tmp_path)
+    assert len(rec["rows"]) == N_TINY
+    for row in rec["rows"]:
+        assert row["status"] == "ok" and row["varlen"] and row["lengths_api"]
+        assert row["birnn_packed_ms"] > 0 and row["rel_err"] < 1e-4
+    ratios = [r["birnn_packed_ms"] / r["birnn_ms"] for r in rec["rows"]]
+    assert rec["summary"]["geomean_pack_route_over_lengths"] == pytest.approx(
+        math.prod(ratios) ** (1 / len(ratios)))
+    assert all(r["lengths_api"] == "True" for r in _csv_rows(tmp_path))
+    assert "lengths=" in capsys.readouterr().out
+
+
+def test_lengths_api_gates_the_packing_route_too(tmp_path, monkeypatch):
+    """A wrong result on the third side (birnn_ext packing) makes the row wrong, untimed."""
+    call = run.cases.call
+
+    def wrong_when_packed(module, inp, route):
+        out, hidden = call(module, inp, route)
+        if type(module).__module__.startswith("birnn_ext") and route == "pack":
+            out = out + 1
+        return out, hidden
+
+    monkeypatch.setattr(run.cases, "call", wrong_when_packed)
+    assert run.main(TINY + ["--lengths-api", "--out", str(tmp_path), "--name", "t"]) == 1
+    rows = _load(tmp_path)["rows"]
+    assert [r["status"] for r in rows] == ["wrong"] * N_TINY
+    assert all(r["birnn_ms"] is None and r["birnn_packed_ms"] is None for r in rows)
+
+
+def test_lengths_api_self_test_compares_torch_nn_with_itself(tmp_path, monkeypatch):
+    seen = _spy_routes(monkeypatch)
+    assert run.main(TINY + ["--lengths-api", "--self-test", "--out", str(tmp_path),
+                            "--name", "t"]) == 0
+    assert seen == {("torch", "pack")}
+    assert all(r["birnn_packed_ms"] is None for r in _load(tmp_path)["rows"])
+
+
+def test_lengths_api_configurations_and_stem(capsys):
+    assert run.main(["--device", "cpu", "--grid", "cpu-issue", "--lengths-api", "--list"]) == 0
+    keys = capsys.readouterr().out.split()
+    assert len(keys) == 36 and all(k.endswith("-lengths-api") for k in keys)
+    args = run.parse_args(["--device", "cpu", "--grid", "cpu-issue", "--lengths-api"])
+    filters = {"varlen": args.varlen, "lengths_api": args.lengths_api}
+    assert run._stem(args, {"kind": "cpu"}, filters, "D") == "D-cpu-cpu-issue-lengths-api"
+    plain = run.grids.build("cpu-issue")
+    assert not any(c.lengths_api for c in plain) and len(plain) == 36
+
+
 # readme_table.py -------------------------------------------------------------------------
 
 
@@ -213,6 +282,25 @@ def test_readme_table_shows_the_spread_of_repeat_runs(tmp_path):
     assert len(spread) == 1
     means = [math.sqrt(r[("LSTM", 1)] * r[("GRU", 1)]) for r in runs]
     assert f"geometric mean {means[0]:.2f}x / {means[1]:.2f}x" in spread[0]
+
+
+def test_readme_table_gives_lengths_api_records_their_own_table(tmp_path):
+    padded = _record("X", _isa("AVX2", "AVX2"), {("LSTM", 1): 1.2}, "cpu-avx2")
+    api = _record("X", _isa("AVX2", "AVX2"), {("LSTM", 1): 2.0, ("GRU", 8): 3.0}, "cpu-avx2")
+    for row in api["rows"]:
+        row.update(varlen=True, lengths_api=True, birnn_packed_ms=12.5)
+    paths = []
+    for name, rec in (("padded.json", padded), ("api.json", api)):
+        (tmp_path / name).write_text(json.dumps(rec))
+        paths.append(str(tmp_path / name))
+    text = readme_table.render(paths)
+    headings = [line for line in text.splitlines() if line.startswith("#### ")]
+    assert headings == ["#### X, AVX2, cpu-issue grid",
+                        "#### X, AVX2, cpu-issue grid, lengths= against torch.nn's pack/unpack "
+                        "route"]
+    api_rows = [line for line in text.split("#### ")[2].splitlines() if line.startswith("| ")]
+    assert api_rows[0].count("|") == api_rows[1].count("|") == api_rows[2].count("|") == 12
+    assert "via pack ms" in api_rows[0] and "| 12.50 |" in api_rows[2]
 
 
 def test_readme_table_renders_the_committed_records():

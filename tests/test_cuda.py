@@ -41,7 +41,7 @@ def _exact_float32_reference():
 
 def _cases():
     for cell in CELLS:
-        for mode in ("padded", "packed"):
+        for mode in ("padded", "packed", "lengths"):
             for dtype in (torch.float32, *LOW_PRECISION):
                 yield Case(cell=cell, mode=mode, bidirectional=True, num_layers=2, dtype=dtype,
                            h0=mode == "packed", batch_first=dtype == torch.float16,
@@ -147,10 +147,11 @@ def test_cuda_graph_capture_and_replay(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("form", ["op-with-lengths", "module-padded"])
+@pytest.mark.parametrize("form", ["op-with-lengths", "module-padded", "module-lengths"])
 def test_training_under_cuda_graph_capture(cell, form):
     """Forward and backward captured in one graph, through the op with host lengths and
-    through a two-layer module; replays with new data give the eager outputs and gradients.
+    through a two-layer module (padded, and with lengths= on the host); replays with new data
+    give the eager outputs and gradients.
     (A PackedSequence cannot be built during capture: packing copies its sorted indices from
     the host, torch.nn's own limitation.)"""
     if form == "op-with-lengths":
@@ -165,8 +166,10 @@ def test_training_under_cuda_graph_capture(cell, form):
         x = torch.randn(7, 4, 5, device="cuda", requires_grad=True)
         leaves = [x, *ours.parameters()]
 
+        lengths = torch.tensor([5, 2, 7, 1]) if form == "module-lengths" else None
+
         def fn(x):
-            out, state = ours(x)
+            out, state = ours(x, lengths=lengths)
             return (out, *(state if isinstance(state, tuple) else (state,)))
 
     def step():

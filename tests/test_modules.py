@@ -143,12 +143,13 @@ def test_convert_leaves_birnn_layers_alone_and_converts_the_root():
     assert type(birnn_ext.convert(root)) is birnn_ext.LSTM
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("mode", ["padded", "packed", "lengths"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_dropout_matches_torch_nn_in_training(cell, packed):
+def test_dropout_matches_torch_nn_in_training(cell, mode):
+    """A seed gives torch.nn's mask: for packed input and lengths= (against torch.nn's packed
+    route), the mask torch.nn draws on the packed data."""
     ref, ours = make_pair(cell, num_layers=3, bidirectional=True, dropout=0.4)
-    case = Case(cell=cell, mode="packed" if packed else "padded", bidirectional=True,
-                num_layers=3)
+    case = Case(cell=cell, mode=mode, bidirectional=True, num_layers=3)
     inputs = make_inputs(case)
     torch.manual_seed(7)
     expected = run(ref, case, inputs)

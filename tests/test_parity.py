@@ -12,7 +12,7 @@ import torch
 from helpers import (CELLS, TOL, Case, assert_same, check_low_precision, check_parity,
                      covering, make_inputs, run)
 
-MODES = ("padded", "packed", "sorted", "unbatched")
+MODES = ("padded", "packed", "sorted", "unbatched", "lengths")
 
 
 def _cases():
