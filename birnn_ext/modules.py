@@ -83,7 +83,7 @@ class _FusedForward:
             positions, lengths = _lengths.padded_positions(batch_sizes)
             positions = positions.to(data.device, non_blocking=True)
             x = data.new_zeros(len(batch_sizes) * batch, data.size(1))
-            x = x.index_copy_(0, positions, data).view(len(batch_sizes), batch, -1)
+            x = x.index_copy_(0, positions, data).view(len(batch_sizes), batch, data.size(1))
         else:
             x = input.transpose(0, 1) if self.batch_first else input
             if lengths is not None:
