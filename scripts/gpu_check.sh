@@ -14,6 +14,9 @@
 #   bench     scripts/gpu_probe.py (host time per step, direction overlap), then
 #             benchmarks/run.py --grid standard with --max-seconds, which stops between rows
 #             and writes its record (JSON, CSV) after every row
+#   lengths   benchmarks/run.py --lengths-api (padded batch + lengths=, against torch.nn's
+#             pack/unpack route, and birnn_ext's own packing route as a third side), the same
+#             budget and incremental record; not part of `all`
 #   all       build test sanitize bench
 #
 # `build test sanitize` is meant to fit one call on an H100; bench goes in a call of its own.
@@ -41,7 +44,7 @@ DRY=0
 DEADLINE=540
 MAX_SECONDS=""
 usage() { echo "usage: scripts/gpu_check.sh [--dry-run] [--deadline S] [--max-seconds S]" \
-  "OUTDIR build|test|sanitize|bench|all..." >&2; exit 2; }
+  "OUTDIR build|test|sanitize|bench|lengths|all..." >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1; shift ;;
@@ -60,7 +63,7 @@ STAGES=()
 for s in "$@"; do
   case "$s" in
     all) STAGES+=(build test sanitize bench) ;;
-    build|test|sanitize|bench) STAGES+=("$s") ;;
+    build|test|sanitize|bench|lengths) STAGES+=("$s") ;;
     *) echo "gpu_check: unknown stage '$s'" >&2; usage ;;
   esac
 done
@@ -214,11 +217,18 @@ stage_sanitize() {
   return $rc
 }
 
+stage_lengths() { BENCH_LENGTHS=1 stage_bench; }
+
+# The grid, or with BENCH_LENGTHS=1 its lengths-api rows (no probe then: the bench stage ran it).
 stage_bench() {
   local device=cuda extra=() budget name
   [ "$DRY" = 1 ] && device=cpu
-  "$PY" scripts/gpu_probe.py --device "$device" --json "$LOGS/probe.json" \
-    $([ "$DRY" = 1 ] && echo --quick) || echo "gpu_probe failed (the grid still runs)"
+  if [ "${BENCH_LENGTHS:-0}" = 1 ]; then
+    extra+=(--lengths-api)
+  else
+    "$PY" scripts/gpu_probe.py --device "$device" --json "$LOGS/probe.json" \
+      $([ "$DRY" = 1 ] && echo --quick) || echo "gpu_probe failed (the grid still runs)"
+  fi
   budget="${MAX_SECONDS:-$(( STAGE_BUDGET - ($(date +%s) - STAGE_T0) - 45 ))}"
   [ "$budget" -gt 10 ] || { echo "no time left for the grid" >&3; return 1; }
   [ -f "$STATE/tests.json" ] && extra+=(--tests-json "$STATE/tests.json")
@@ -234,6 +244,7 @@ stage_bench() {
     name="$STAMP-$("$PY" -c 'import torch; print(torch.cuda.get_device_name().split()[1].lower())')"
     extra+=(--device cuda --grid standard)
   fi
+  [ "${BENCH_LENGTHS:-0}" = 1 ] && name+="-lengths-api"
   "$PY" benchmarks/run.py --out "$OUT" --name "$name" "${extra[@]}"
   local rc=$?
   "$PY" - "$OUT/$name.json" "$LOGS/probe.json" >&3 <<'EOF'

@@ -74,3 +74,16 @@ def test_dry_run_one_stage_and_the_deadline(tmp_path):
 def test_unknown_stage_is_refused(tmp_path):
     run = gpu_check(str(tmp_path), "benchmark")
     assert run.returncode == 2 and "unknown stage 'benchmark'" in run.stderr
+
+
+def test_dry_run_lengths_stage(tmp_path):
+    # The lengths-api rows: a record of their own, each row timed on three sides.
+    out = tmp_path / "out"
+    run = gpu_check(str(out), "lengths")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert stages((out / "summary.txt").read_text()) == {"lengths": "passed"}
+    records = [f for f in os.listdir(out) if f.endswith(".json")]
+    assert len(records) == 1 and records[0].endswith("-lengths-api.json"), records
+    rows = json.loads((out / records[0]).read_text())["rows"]
+    assert rows and all(r["status"] == "ok" and r["lengths_api"] and r["birnn_packed_ms"] > 0
+                        for r in rows)
