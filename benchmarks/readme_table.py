@@ -66,6 +66,11 @@ def summary_line(rows) -> str:
                  "configurations: " + ", ".join(
                      f"{record.row_name(r)} ({_x(r['speedup'])})"
                      for r in sorted(slower, key=lambda r: r["speedup"])) + ".")
+    if s["geomean_pack_route_over_lengths"]:
+        packed = [r["birnn_packed_ms"] / r["birnn_ms"] for r in rows if r["status"] == "ok"]
+        text += (" The pack/unpack route costs birnn_ext a factor of "
+                 f"{_x(s['geomean_pack_route_over_lengths'])} over lengths= in geometric mean "
+                 f"({_x(min(packed))} to {_x(max(packed))}).")
     if s["ok_rows"] < s["rows"]:
         text += f" {s['rows'] - s['ok_rows']} configurations not ok (wrong or error)."
     return text
@@ -131,6 +136,6 @@ def render(paths) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         sys.exit(__doc__)
     sys.stdout.write(render(sys.argv[1:]))

@@ -6,7 +6,7 @@ never visited), lengths handed over on the CPU (the modules' way) and on the GPU
 the op), more sequences than one kernel-parameter chunk of lengths holds, all issued from a
 NON-default current stream, as a user's side stream would.
 
-It loads the built extension with torch.ops.load_library, so it depends on nothing of
+It imports the built extension by its path, so it depends on nothing of
 birnn_ext's Python package, and it checks every CUDA result against the same op on the CPU:
 a kernel that reads or writes out of bounds usually also computes something wrong.
 
@@ -20,13 +20,14 @@ plumbing, on a machine without a GPU).
 import argparse
 import contextlib
 import glob
+import importlib.util
 import os
 import sys
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+GATES = {}  # cell -> gate count, from the loaded module's registry (csrc/cells.h)
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 3e-2,
              torch.bfloat16: 6e-2}
 
@@ -38,8 +39,12 @@ def load_ops(path=None):
             sys.exit("sanitize_small: no birnn_ext/_C*.so; build it first "
                      "(python setup.py build_ext --inplace)")
         path = found[0]
-    torch.ops.load_library(path)
+    # Imported as the extension module it is (which registers its ops), for build_info().
+    spec = importlib.util.spec_from_file_location("_C", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     print("loaded", path)
+    GATES.update((c["name"], c["gates"]) for c in module.build_info()["cells"])
     return torch.ops.birnn_ext
 
 

@@ -194,13 +194,13 @@ namespace {
 // ----------------------------------------------------------------------------------------
 // introspection ops: torch.ops.birnn_ext_persistent.*, on the current CUDA device
 
+// From the registry (csrc/cells.h), so a new cell needs no line here.
 CellKind cell_from_name(std::string_view name) {
-  if (name == "rnn_tanh") return CellKind::RnnTanh;
-  if (name == "rnn_relu") return CellKind::RnnRelu;
-  if (name == "lstm") return CellKind::Lstm;
-  TORCH_CHECK(name == "gru", "birnn_ext: unknown cell '", std::string(name),
-              "' (rnn_tanh, rnn_relu, lstm, gru)");
-  return CellKind::Gru;
+#define BIRNN_CELL_OF_NAME(op_name, Kind, Cell) \
+  if (name == #op_name) return CellKind::Kind;
+  BIRNN_FOR_EACH_CELL(BIRNN_CELL_OF_NAME)
+#undef BIRNN_CELL_OF_NAME
+  TORCH_CHECK(false, "birnn_ext: unknown cell '", std::string(name), "'");
 }
 
 Plan plan_on_current_device(std::string_view cell, int64_t hidden, int64_t batch,
