@@ -114,6 +114,13 @@ def parse_args(argv):
     return args
 
 
+def peak_memory(sides):
+    """The record's peak-memory fields of a training row: torch.nn's side and birnn_ext's
+    (lengths=) side; a third side (birnn_ext through the packing route) is not reported."""
+    return dict(baseline_peak_mb=timing.peak_mb(sides[0]),
+                birnn_peak_mb=timing.peak_mb(sides[1]))
+
+
 def measure(config, args, impl, tqdm_bar):
     """One row of the record."""
     row = dataclasses.asdict(config)
@@ -153,7 +160,7 @@ def measure(config, args, impl, tqdm_bar):
         row.update(baseline_ms=times[0], birnn_ms=times[1], speedup=times[0] / times[1],
                    birnn_packed_ms=times[2] if len(times) > 2 else None, reps=reps)
         if device == "cuda" and config.mode == "train":
-            row.update(baseline_peak_mb=timing.peak_mb(a), birnn_peak_mb=timing.peak_mb(b))
+            row.update(peak_memory(sides))
     except Exception as e:  # recorded, not raised: one failing configuration ends no grid
         row.update(status="error", error=f"{type(e).__name__}: {e}"[:300])
         tqdm_bar.write(f"error in {config.key()}: {row['error']}")

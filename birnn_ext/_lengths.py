@@ -70,7 +70,10 @@ def host_lengths(lengths, batch: int, steps: int) -> Tensor:
             f"lengths on {lengths.device} cannot be read during CUDA graph capture (checking "
             "them needs their values on the host); pass them as a list or a CPU tensor: "
             "their values then become part of the captured graph")
-    lengths = lengths.to("cpu", torch.int64)  # from a GPU: the one device sync of the call
+    # A copy even when it is already int64 on the CPU: the ops save the lengths for the
+    # backward, and the caller may refill its own tensor before that (a reused buffer).
+    # From a GPU: the one device sync of the call.
+    lengths = lengths.to("cpu", torch.int64, copy=True)
     if torch.compiler.is_compiling():
         return torch.ops.birnn_ext_py.check_lengths(lengths, steps)
     _check_range(lengths, steps)
@@ -97,7 +100,24 @@ def packed_rows(lengths: Tensor, steps: int, sort: bool, device) -> tuple[Tensor
         order = torch.sort(lengths, descending=True).indices
         rank = torch.empty_like(rank).scatter_(0, order, rank)
     rows = torch.where(valid, starts.unsqueeze(1) + rank, 0)
-    return rows.to(device), int(batch_sizes.sum())
+    return index_to_device(rows, device, "inter-layer dropout with variable lengths"), \
+        int(batch_sizes.sum())
+
+
+def index_to_device(index: Tensor, device, needed_for: str) -> Tensor:
+    """A host-computed index on `device`, copied without a device sync (non_blocking: from
+    pageable memory CUDA stages the data at once and does not wait for the stream). Such a
+    copy cannot be recorded in a CUDA graph, so during capture it is refused with the reason
+    instead of invalidating the capture."""
+    if index.device == torch.device(device):
+        return index
+    if (torch.device(device).type == "cuda" and not torch.compiler.is_compiling()
+            and torch.cuda.is_current_stream_capturing()):
+        raise RuntimeError(
+            f"birnn_ext: {needed_for} copies an index computed on the host to {device} at "
+            "every call, which cannot be captured in a CUDA graph; capture the layer in "
+            "eval mode or with dropout=0, or with padded input and no lengths")
+    return index.to(device, non_blocking=True)
 
 
 def padded_positions(batch_sizes: Tensor) -> tuple[Tensor, Tensor]:

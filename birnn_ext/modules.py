@@ -38,9 +38,12 @@ class _FusedForward:
         packed data, so a seed gives torch.nn's mask (under torch.compile the mask is drawn
         on the padded output instead: compiled code draws its own random numbers anyway).
         The lengths are checked on the host, never clamped: a list or a CPU tensor costs no
-        device sync; a tensor on a GPU is copied to the host once per call (a sync). Under
-        torch.compile the checks run inside an op, so lengths may change between calls
-        without a graph break or a recompilation.
+        device sync; a tensor on a GPU is copied to the host once per call (a sync); the
+        layer keeps its own copy. Under torch.compile the checks run inside an op, so
+        lengths given as a tensor may change between calls without a graph break or a
+        recompilation (a list's values are constants of the compiled graph: each new list
+        recompiles). On a GPU, training with dropout copies the packed positions to the
+        device each call (no sync), which CUDA graph capture refuses.
         """
         self._update_flat_weights()
         lstm = self.mode == "LSTM"
@@ -81,7 +84,7 @@ class _FusedForward:
             # The lengths stay on the CPU: the ops check them there and copy them to a GPU
             # without a host sync.
             positions, lengths = _lengths.padded_positions(batch_sizes)
-            positions = positions.to(data.device, non_blocking=True)
+            positions = _lengths.index_to_device(positions, data.device, "a PackedSequence input")
             x = data.new_zeros(len(batch_sizes) * batch, data.size(1))
             x = x.index_copy_(0, positions, data).view(len(batch_sizes), batch, data.size(1))
         else:

@@ -327,3 +327,10 @@ def test_summary_names_the_lowest_row():
     assert s["min_speedup"] == 0.9
     assert s["min_row"] == record.row_name(rows[0]) == "LSTM infer T=100 B=8 H=256"
     assert s["geomean_speedup_LSTM_B_le_8"] == pytest.approx(0.9)
+
+
+def test_peak_memory_reports_torch_nn_and_the_lengths_side(monkeypatch):
+    # On a GPU every training row records both peaks (the CPU grid never reaches this).
+    monkeypatch.setattr(run.timing, "peak_mb", lambda side: {"nn": 10.0, "ext": 4.0}[side])
+    assert run.peak_memory(["nn", "ext", "ext-packed"]) == {"baseline_peak_mb": 10.0,
+                                                           "birnn_peak_mb": 4.0}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import birnn_ext
 from birnn_ext import modules, ops
@@ -103,6 +103,23 @@ def test_no_sort_pack_unpack_or_input_copy(monkeypatch, batch_first, train):
     assert [s[2:] for s in seen] == [(torch.device("cpu"), torch.int64)] * 2
 
 
+def test_caller_may_refill_its_lengths_before_backward():
+    """A reused lengths buffer (gradient accumulation over micro-batches) may be refilled
+    between a forward and its backward, as with torch.nn's packing route: the layer keeps its
+    own copy of the lengths, never the caller's tensor."""
+    ref, ours = make_pair("lstm", num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, 5, dtype=torch.float64, requires_grad=True)
+    buffer = torch.tensor([2, 6, 1, 5])
+    packed = pack_padded_sequence(x, buffer, enforce_sorted=False)
+    expected = pad_packed_sequence(ref(packed)[0], total_length=T)[0]
+    out = ours(x, lengths=buffer)[0]
+    buffer.fill_(1)
+    (grad_ours,) = torch.autograd.grad(out.square().sum(), x)
+    (grad_ref,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad_ours, grad_ref)
+
+
 def _autograd_nodes(tensor):
     """The names of the nodes of tensor's backward graph, one per node."""
     seen, todo, names = set(), [tensor.grad_fn], []
@@ -169,7 +186,9 @@ def test_lengths_with_a_packed_sequence_is_an_error():
 
 
 def test_input_errors_come_first_as_in_torch_nn():
-    """A wrong input is reported as torch.nn reports it, before its lengths are looked at."""
+    """A wrong input is reported with torch.nn's message for it, before its lengths are looked
+    at (torch.nn's packing route would refuse the length 0 first: pack_padded_sequence runs
+    before the layer; here the layer's own input check comes first, as in a padded call)."""
     ref, ours = make_pair("gru")
     x = torch.randn(T, B, 7, dtype=torch.float64)
     with pytest.raises(RuntimeError) as expected:
@@ -313,6 +332,28 @@ def test_host_lengths_cost_no_device_sync():
             ours(x, lengths=lengths.tolist())
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.cuda
+def test_dropout_with_host_lengths_costs_no_device_sync_and_refuses_capture():
+    """Training with inter-layer dropout copies the packed-row index to the GPU each call:
+    without a sync, and, since a host copy cannot be recorded in a graph, refused clearly
+    during capture."""
+    _, ours = make_pair("gru", num_layers=2, dropout=0.3, device="cuda")
+    ours.train()
+    x = torch.randn(T, B, 5, dtype=torch.float64, device="cuda")
+    lengths = torch.tensor([2, 6, 1, 5])
+    ours(x, lengths=lengths)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ours(x, lengths=lengths)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            ours(x, lengths=lengths)
+    assert ours(x, lengths=lengths)[0].isfinite().all()  # CUDA still usable
 
 
 @pytest.mark.cuda
