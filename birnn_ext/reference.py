@@ -161,8 +161,9 @@ def _backward_direction(cell, d, grad_output, grad_h_n, grad_c_n, input, lengths
         # This step's h reaches both the output at t and the next step (masked rows: neither).
         dh_step = torch.where(valid, dh + grad_output[t, :, d * h_out:(d + 1) * h_out], 0)
         # Masked rows have zero gradients, but the values they multiply in the weight
-        # gradients (m, h_prev: computed from a carried state) may be inf or NaN, and
-        # 0 * inf is NaN where torch.nn, which never sees a padded step, is finite: zero them.
+        # gradients (m, h_prev: computed from a carried state; x: the caller's padding with
+        # lengths=) may be inf or NaN, and 0 * inf is NaN where torch.nn, which never sees a
+        # padded step, is finite: zero them.
         if w_hr is not None:
             grad_w["w_hr"][d] += dh_step.t() @ torch.where(valid, step["m"], 0)
             dm = dh_step @ w_hr[d]
@@ -172,7 +173,7 @@ def _backward_direction(cell, d, grad_output, grad_h_n, grad_c_n, input, lengths
             cell, step, dm, torch.where(valid, dc, 0) if dc is not None else None)
         dgx, dgh = torch.where(valid, dgx, 0), torch.where(valid, dgh, 0)
         grad_input[t] += dgx @ w_ih[d]
-        grad_w["w_ih"][d] += dgx.t() @ input[t]
+        grad_w["w_ih"][d] += dgx.t() @ torch.where(valid, input[t], 0)
         grad_w["w_hh"][d] += dgh.t() @ torch.where(valid, step["h_prev"], 0)
         if b_ih is not None:
             grad_w["b_ih"][d] += dgx.sum(0)

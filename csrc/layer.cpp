@@ -82,6 +82,11 @@ Dims check_layer(CellKind kind, const at::Tensor& input, const at::Tensor& hx,
   return d;
 }
 
+// [T, B] bool: true at the padded steps (t >= lengths[b]).
+at::Tensor padded_steps(int64_t T, const at::Tensor& lengths) {
+  return at::arange(T, lengths.options()).unsqueeze(1) >= lengths.unsqueeze(0);
+}
+
 // prev [T, B, D, X]: the state each step started from, i.e. seq shifted by one step in
 // each direction's own order, with init [D, B, X] at each direction's first step, and zero
 // at padded steps (t >= lengths[b]).
@@ -107,8 +112,7 @@ at::Tensor previous_states(const at::Tensor& seq, const at::Tensor& init,
     // Padded steps have zero dgates, but their shifted state may be a sequence's last h or
     // h0, and 0 * inf or 0 * NaN would reach dW_hh, where torch.nn (which never sees a
     // padded step) has a finite value.
-    at::Tensor steps = at::arange(T, lengths.options()).unsqueeze(1);               // [T, 1]
-    prev.masked_fill_((steps >= lengths.unsqueeze(0)).unsqueeze(2).unsqueeze(3), 0);  // [T, B, 1, 1]
+    prev.masked_fill_(padded_steps(T, lengths).unsqueeze(2).unsqueeze(3), 0);  // [T, B, 1, 1]
   }
   return prev;
 }
@@ -266,7 +270,12 @@ BackwardResult backward_result(const BackwardArgs& args, bool has_bias) {
   if (!grad_input.defined()) {
     grad_input = at::mm(args.dgates_x.view({T * B, D * GH}), args.w_ih.view({D * GH, I}))
                      .view({T, B, I});
-    grad_w_ih = weight_grad(args.dgates_x, args.input, D);
+    // The input's padded steps read as zeros, for the reason previous_states gives: with
+    // lengths= they are the caller's padding, never otherwise read, and may hold NaN or inf.
+    const at::Tensor x = args.lengths.defined()
+                             ? args.input.masked_fill(padded_steps(T, args.lengths).unsqueeze(2), 0)
+                             : args.input;
+    grad_w_ih = weight_grad(args.dgates_x, x, D);
     at::Tensor h_prev = previous_states(args.output, args.h0, args.lengths);
     grad_w_hh = weight_grad(args.dgates_h, h_prev, D);
   }

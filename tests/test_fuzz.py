@@ -3,7 +3,7 @@
 hypothesis draws everything the layers accept: the cell, every size from 1 up (T, B, I, H,
 layers, proj_size), bias, batch_first, bidirectional, dropout (in eval, so it must do
 nothing), the input form (padded, packed with sorted or unsorted random lengths,
-unbatched), h0 given or not, inputs and states that are non-contiguous views or stride-0
+unbatched, or padded with lengths= against torch.nn's pack/unpack route for it), h0 given or not, inputs and states that are non-contiguous views or stride-0
 expansions, the dtype, and NaN or inf planted in the input or h0. For every example the
 same weights and inputs go through torch.nn and birnn_ext, and everything is compared:
 output, h_n, c_n and the gradients of the input, h0, c0 and every parameter.
@@ -41,7 +41,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import birnn_ext
 from helpers import CELLS, assert_same_nonfinite, module_classes
@@ -58,7 +58,9 @@ PROGRESS = int(os.environ.get("BIRNN_EXT_FUZZ_PROGRESS", "0"))
 CHILD_VAR = "BIRNN_EXT_FUZZ_CHILD"
 
 TOL = {torch.float64: dict(atol=1e-9, rtol=1e-8), torch.float32: dict(atol=2e-5, rtol=1e-4)}
-MODES = ("padded", "packed_sorted", "packed_unsorted", "unbatched")
+# "lengths": a padded batch with lengths=, against torch.nn's route for it (pack with
+# enforce_sorted=False, the layer, unpack with total_length=T).
+MODES = ("padded", "packed_sorted", "packed_unsorted", "unbatched", "lengths")
 VIEWS = ("contiguous", "strided", "expanded")
 
 
@@ -73,7 +75,7 @@ def configs(draw):
     steps = draw(st.integers(1, 6))
     batch = 1 if mode == "unbatched" else draw(st.integers(1, 5))
     lengths = None
-    if mode.startswith("packed"):
+    if mode.startswith("packed") or mode == "lengths":
         lengths = draw(st.lists(st.integers(1, steps), min_size=batch, max_size=batch))
         if mode == "packed_sorted":
             lengths.sort(reverse=True)
@@ -173,11 +175,19 @@ def run(model, cfg, inputs, dtype):
     if "h0" in leaves:
         h0 = _view(leaves["h0"], cfg["h_view"])
         hx = (h0, _view(leaves["c0"], cfg["h_view"])) if "c0" in leaves else h0
-    if cfg["lengths"] is not None:
-        x = pack_padded_sequence(x, torch.tensor(cfg["lengths"]), batch_first=cfg["batch_first"],
-                                 enforce_sorted=cfg["mode"] == "packed_sorted")
     model.zero_grad(set_to_none=True)
-    out, state = model(x, hx)
+    if cfg["mode"] == "lengths" and isinstance(model, birnn_ext.modules._FusedForward):
+        out, state = model(x, hx, lengths=torch.tensor(cfg["lengths"]))
+    elif cfg["lengths"] is not None:
+        packed = pack_padded_sequence(x, torch.tensor(cfg["lengths"]),
+                                      batch_first=cfg["batch_first"],
+                                      enforce_sorted=cfg["mode"] == "packed_sorted")
+        out, state = model(packed, hx)
+        if cfg["mode"] == "lengths":  # torch.nn's route for a padded batch and its lengths
+            out = pad_packed_sequence(out, batch_first=cfg["batch_first"],
+                                      total_length=cfg["steps"])[0]
+    else:
+        out, state = model(x, hx)
     h_n, c_n = state if cfg["cell"] == "lstm" else (state, None)
     if isinstance(out, PackedSequence):
         out = out.data

@@ -8,6 +8,9 @@
   step would have started from, which for a sequence whose state went inf or NaN (or with
   such an h0) put 0 * inf = NaN into an otherwise finite dW_hh. The fuzzing's own example
   of it (an inf h0 in a GRU) is pinned in tests/test_fuzz.py.
+- the padding of a lengths= batch: the layer reads the caller's tensor, whose padding
+  torch.nn's packing route never reads, so it may hold anything; dW_ih = sum dgates_x^T x
+  ran over it with zero dgates, and NaN or inf there made dW_ih NaN.
 
 Hidden size 20: 16 units through the AVX-512 loops (8 and 4 with AVX2) and a scalar tail,
 so each cell function runs in its vector and its scalar form.
@@ -15,9 +18,9 @@ so each cell function runs in its vector and its scalar form.
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from helpers import assert_same_nonfinite, make_pair
+from helpers import CELLS, assert_same_nonfinite, make_pair
 
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=1e-5, rtol=1e-4)}
 
@@ -70,4 +73,38 @@ def test_state_gone_inf_at_a_sequence_end(bidirectional, dtype, backend):
     # The case is only worth its name if the state went inf and dW_hh stayed finite.
     assert expected["h_n"][0, 0].isinf().any()
     assert torch.isfinite(expected["grad.weight_hh_l0"]).all()
+    assert_same_nonfinite(expected, actual, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_garbage_in_the_padding_of_a_lengths_batch(cell, bidirectional, dtype, backend):
+    """NaN, inf and -inf past each sequence's end in a batch given with lengths=: nothing of
+    them reaches any result or gradient, as in torch.nn's pack/unpack route for it."""
+    ref, ours = make_pair(cell, input_size=3, hidden_size=20, dtype=dtype, num_layers=2,
+                          bidirectional=bidirectional)
+    T, lengths = 5, torch.tensor([2, 5, 3])
+    x = torch.randn(T, 3, 3, dtype=dtype)
+    x[2:, 0] = float("nan")
+    x[3:, 2, 0] = float("inf")
+    x[3:, 2, 1] = -float("inf")
+    results = []
+    for model in (ref, ours):
+        leaf = x.clone().requires_grad_()
+        model.zero_grad(set_to_none=True)
+        if model is ref:
+            packed = pack_padded_sequence(leaf, lengths, enforce_sorted=False)
+            out, state = model(packed)
+            out = pad_packed_sequence(out, total_length=T)[0]
+        else:
+            out, state = model(leaf, lengths=lengths)
+        h_n = state[0] if isinstance(state, tuple) else state
+        gen = torch.Generator().manual_seed(5)
+        (out * torch.randn(out.shape, generator=gen, dtype=dtype)).sum().add(h_n.sum()).backward()
+        got = dict(output=out, h_n=h_n, grad_x=leaf.grad)
+        got.update({f"grad.{n}": p.grad for n, p in model.named_parameters()})
+        results.append(got)
+    expected, actual = results
+    assert all(torch.isfinite(v).all() for k, v in expected.items() if k != "grad_x")
     assert_same_nonfinite(expected, actual, **TOL[dtype])

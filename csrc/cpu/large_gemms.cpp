@@ -1,6 +1,8 @@
 // The CPU driver's large GEMMs (large_gemms.h) on birnn_ext's own GEMM (gemm.h).
 #include "large_gemms.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 
 #include <vector>
@@ -48,19 +50,34 @@ void backward_gemms(const BackwardArgs& a, int d, int part, int parts, float* dx
   const PackedMatrix w_ih(a.w_ih.data_ptr<float>() + d * GH * I, I, I, GH, false);
   w_ih.multiply(tb1 - tb0, dgates_x + tb0 * D * GH, D * GH, 1, nullptr, 0.f, dx_d + tb0 * I, I);
 
+  // Padded steps (t >= lengths[b]) have zero dgates, and read a row of zeros below for x
+  // and for h_prev: what sits there may be inf or NaN (the caller's padding with lengths=; a
+  // last h or h0 shifted into a padded step), 0 * inf is NaN, and torch.nn, which never sees
+  // a padded step, has finite weight gradients.
+  const Lengths len = lengths_of(a.lengths, T);
+  const std::vector<float> zeros(std::max(I, Hout), 0.f);
+
   // grad_w_ih[d] [G*H, I] = dgates_x^T @ x
-  const PackedMatrix x(a.input.data_ptr<float>(), I, I, TB, false);
-  x.multiply(g1 - g0, dgates_x + g0, 1, D * GH, nullptr, 0.f,
-             a.grad_w_ih.data_ptr<float>() + (d * GH + g0) * I, I);
+  const float* input = a.input.data_ptr<float>();
+  float* grad_w_ih = a.grad_w_ih.data_ptr<float>() + (d * GH + g0) * I;
+  if (a.lengths.defined()) {
+    std::vector<const float*> x_rows(TB);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t b = 0; b < B; ++b) {
+        x_rows[t * B + b] = t >= len[b] ? zeros.data() : input + (t * B + b) * I;
+      }
+    }
+    const PackedMatrix x(x_rows.data(), I, TB);
+    x.multiply(g1 - g0, dgates_x + g0, 1, D * GH, nullptr, 0.f, grad_w_ih, I);
+  } else {
+    const PackedMatrix x(input, I, I, TB, false);
+    x.multiply(g1 - g0, dgates_x + g0, 1, D * GH, nullptr, 0.f, grad_w_ih, I);
+  }
 
   // grad_w_hh[d] [G*H, Hout] = dgates_h^T @ h_prev, h_prev [T*B, Hout] the state each step
-  // started from (h0 at the direction's first step). Padded steps have zero dgates; they
-  // read a row of zeros, since their shifted state (a last h, or h0) may be inf or NaN and
-  // 0 * inf is NaN, where torch.nn, which never sees a padded step, has a finite dW_hh.
-  const Lengths len = lengths_of(a.lengths, T);
+  // started from (h0 at the direction's first step).
   const float* output = a.output.data_ptr<float>();
   const float* h0 = a.h0.data_ptr<float>() + d * B * Hout;
-  const std::vector<float> zeros(Hout, 0.f);
   std::vector<const float*> h_prev(TB);
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t b = 0; b < B; ++b) {
