@@ -47,6 +47,13 @@ def _(lengths, steps):
     return torch.empty_like(lengths)
 
 
+def _capturing_on(device) -> bool:
+    """Whether `device` is a GPU whose current stream is capturing a CUDA graph (eager calls
+    only: under torch.compile the copies are the compiled graph's business)."""
+    return (torch.device(device).type == "cuda" and not torch.compiler.is_compiling()
+            and torch.cuda.is_current_stream_capturing())
+
+
 def host_lengths(lengths, batch: int, steps: int) -> Tensor:
     """`lengths` (a list of ints or an integer tensor on any device) as int64 [batch] on the
     CPU, checked: one value per sequence, each in [1, steps]. Never clamps."""
@@ -63,8 +70,7 @@ def host_lengths(lengths, batch: int, steps: int) -> Tensor:
     if lengths.dim() != 1 or lengths.size(0) != batch:
         raise ValueError(f"lengths must be 1-D with one length per sequence ({batch}), got "
                          f"shape {tuple(lengths.shape)}")
-    if (lengths.is_cuda and not torch.compiler.is_compiling()
-            and torch.cuda.is_current_stream_capturing()):
+    if _capturing_on(lengths.device):
         # Reading them back would wait for the capturing stream (and invalidate the capture).
         raise RuntimeError(
             f"lengths on {lengths.device} cannot be read during CUDA graph capture (checking "
@@ -111,8 +117,7 @@ def index_to_device(index: Tensor, device, needed_for: str) -> Tensor:
     instead of invalidating the capture."""
     if index.device == torch.device(device):
         return index
-    if (torch.device(device).type == "cuda" and not torch.compiler.is_compiling()
-            and torch.cuda.is_current_stream_capturing()):
+    if _capturing_on(device):
         raise RuntimeError(
             f"birnn_ext: {needed_for} copies an index computed on the host to {device} at "
             "every call, which cannot be captured in a CUDA graph; capture the layer in "
