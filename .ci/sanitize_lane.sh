@@ -87,16 +87,40 @@ TESTS=(tests/test_parity.py tests/test_cpu_kernels.py tests/test_errors.py
        tests/test_bad_input.py tests/test_sizes.py)
 SELECT="not python and not other_cpu_paths and not fuzz_other and (not test_threads or four_threads)"
 
+# Whether a failed run's log ($1) is LeakSanitizer's own crash at exit and nothing else: its
+# tracer thread, which stops every thread to scan their stacks, can die of a signal while an
+# OpenMP worker is exiting ("Tracer caught signal 11 ... LeakSanitizer has encountered a fatal
+# error"; seen once in four CI runs, after every test had passed). That is no finding, so
+# the path runs once more; any report (ASan, UBSan, a leak) or a failed test still fails.
+lsan_crashed_only() {
+  grep -q "LeakSanitizer has encountered a fatal error" "$1" &&
+    ! grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer: detected)|runtime error:" "$1" &&
+    grep -q -E "^[0-9]+ passed" "$1" && ! grep -q -E "[0-9]+ (failed|error)" "$1"
+}
+
 for simd in default avx2 0; do
   step "tests under the sanitizers, CPU path: $simd"
   simd_env=()
   [ "$simd" != default ] && simd_env=(BIRNN_EXT_CPU_SIMD="$simd")
-  (cd "$SRC" && env "${simd_env[@]}" BIRNN_EXT_BACKEND=cpp BIRNN_EXT_NO_JIT=1 \
-    BIRNN_EXT_FUZZ_EXAMPLES="${SANITIZE_FUZZ_EXAMPLES:-60}" \
-    ASAN_OPTIONS="$ASAN_OPTIONS" LSAN_OPTIONS="$LSAN_OPTIONS" UBSAN_OPTIONS="$UBSAN_OPTIONS" \
-    PYTHONMALLOC=malloc LD_PRELOAD="$PRELOAD" \
-    "$PY" -m pytest -q -p no:cacheprovider --capture=sys "${TESTS[@]}" -k "$SELECT") ||
+  log="$WORK/tests-$simd.log"
+  for attempt in 1 2; do
+    set +e
+    (cd "$SRC" && env "${simd_env[@]}" BIRNN_EXT_BACKEND=cpp BIRNN_EXT_NO_JIT=1 \
+      BIRNN_EXT_FUZZ_EXAMPLES="${SANITIZE_FUZZ_EXAMPLES:-60}" \
+      ASAN_OPTIONS="$ASAN_OPTIONS" LSAN_OPTIONS="$LSAN_OPTIONS" UBSAN_OPTIONS="$UBSAN_OPTIONS" \
+      PYTHONMALLOC=malloc LD_PRELOAD="$PRELOAD" \
+      "$PY" -m pytest -q -p no:cacheprovider --capture=sys "${TESTS[@]}" -k "$SELECT") 2>&1 |
+      tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    [ "$rc" -eq 0 ] && break
+    if [ "$attempt" = 1 ] && lsan_crashed_only "$log"; then
+      echo "sanitize_lane: LeakSanitizer itself crashed at exit (no report, every test passed):" \
+        "CPU path $simd runs once more"
+      continue
+    fi
     fail "tests failed or a sanitizer reported on CPU path $simd (see above)"
+  done
   (cd "$SRC" && env "${simd_env[@]}" BIRNN_EXT_NO_JIT=1 LD_PRELOAD="$PRELOAD" \
     ASAN_OPTIONS="$ASAN_OPTIONS" LSAN_OPTIONS="$LSAN_OPTIONS" \
     "$PY" -c 'import birnn_ext; print("path:", birnn_ext.kernel_path("cpu"))')
