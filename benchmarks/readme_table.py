@@ -31,7 +31,9 @@ def isa_label(rec: dict) -> str:
     if device["kind"] != "cpu":
         return f"CUDA {device.get('capability') or ''}".strip()
     paths = sorted({r["path"] for r in rec["rows"] if str(r["path"]).startswith("cpu-")})
-    from_paths = "/".join(p[len("cpu-"):].upper() for p in paths) or "unknown ISA"
+    # "cpu-avx512+aten-bwd" is the AVX-512 path too (its backward's GEMMs on MKL).
+    isas = sorted({p[len("cpu-"):].split("+")[0] for p in paths})
+    from_paths = "/".join(isa.upper() for isa in isas) or "unknown ISA"
     isa = device.get("isa")
     if not isa:
         return f"{from_paths} (from birnn_ext's kernel path; the record predates `isa`)"

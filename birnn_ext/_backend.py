@@ -168,7 +168,8 @@ def kernel_path(device="cpu", cell=None, dtype=None, T=None, B=None, I=None, H=N
                 bidirectional=True, training=False, proj_size=0) -> str:
     """Names the kernel variant a layer on `device` runs with the active backend, e.g.
     "cpu-avx512", "cpu-avx2", "cpu-scalar", "cuda-standard" or "python-reference" (benchmark
-    records). On CUDA the answer comes from the dispatch the layer itself goes through
+    records); a CPU training layer whose backward's dx and weight gradients run on ATen's
+    GEMMs (MKL; BIRNN_EXT_CPU_BACKWARD_GEMMS) adds "+aten-bwd", e.g. "cpu-avx512+aten-bwd". On CUDA the answer comes from the dispatch the layer itself goes through
     (csrc/cuda/dispatch.cpp, BIRNN_EXT_KERNEL), given whatever of the layer's shape is known;
     it raises what the layer would raise (an unknown or unbuilt BIRNN_EXT_KERNEL)."""
     backend = get_backend()
@@ -176,7 +177,14 @@ def kernel_path(device="cpu", cell=None, dtype=None, T=None, B=None, I=None, H=N
         return "python-reference"
     module = compiled_module()
     if not str(device).startswith("cuda"):
-        return f"cpu-{module.cpu_simd()}"
+        path = f"cpu-{module.cpu_simd()}"
+        # A float32 training layer may run its backward's large GEMMs on ATen's (MKL) instead
+        # of birnn_ext's own (csrc/cpu/large_gemms.h); that needs T and B to tell.
+        float32 = dtype is None or str(dtype).replace("torch.", "") == "float32"
+        if training and float32 and path != "cpu-scalar" and T is not None and B is not None:
+            if module.cpu_backward_gemms(int(T) * int(B)) == "aten":
+                path += "+aten-bwd"
+        return path
     if not module.build_info()["cuda"]:
         raise RuntimeError("birnn_ext: the compiled module was built without CUDA")
     from .reference import GATES

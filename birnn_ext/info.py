@@ -16,9 +16,10 @@ import birnn_ext
 from birnn_ext import _backend, _build
 
 # Variables that change which vector ISA torch, oneDNN, MKL or birnn_ext run (how an AVX2-only
-# CPU is emulated on an AVX-512 one), so a result can say how it ran.
+# CPU is emulated on an AVX-512 one), or which GEMMs birnn_ext's CPU backward runs on, so a
+# result can say how it ran.
 ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-           "BIRNN_EXT_CPU_SIMD")
+           "BIRNN_EXT_CPU_SIMD", "BIRNN_EXT_CPU_BACKWARD_GEMMS")
 # The /proc/cpuinfo flags that decide which float32 kernels a CPU can run, narrow to wide.
 ISA_FLAGS = ("avx", "fma", "avx2", "avx512f", "avx512dq", "avx512bw", "avx512vl",
              "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -74,6 +75,23 @@ def _cpu_kernel_path() -> tuple[str, str | None]:
         return "-", str(exc)
 
 
+def _cpu_backward_gemms() -> tuple[str, str | None]:
+    """Which GEMMs a float32 CPU layer's backward runs its dx and weight gradients on, small
+    and large T*B (csrc/cpu/large_gemms.h), or a placeholder and the error that prevents
+    choosing (a bad BIRNN_EXT_CPU_BACKWARD_GEMMS, which every CPU backward would raise)."""
+    if birnn_ext.get_backend() == "python":
+        return "torch's GEMMs (Python reference)", None
+    try:
+        module = _backend.compiled_module()
+        small, large = module.cpu_backward_gemms(1), module.cpu_backward_gemms(1 << 30)
+    except RuntimeError as exc:
+        return "-", str(exc)
+    names = {"own": "birnn_ext's GEMM", "aten": "ATen's GEMMs (MKL)"}
+    choice = (names[small] if small == large
+              else f"{names[small]} for small T*B, {names[large]} for large")
+    return f"{choice} (BIRNN_EXT_CPU_BACKWARD_GEMMS=auto|own|aten)", None
+
+
 def report() -> str:
     info = _backend.build_info()
     active = birnn_ext.get_backend()
@@ -92,6 +110,10 @@ def report() -> str:
     if kernel_problem:
         lines += [f"PROBLEM          {kernel_problem}",
                   "                 every CPU op call raises this error.", ""]
+    backward_gemms, backward_problem = _cpu_backward_gemms()
+    if backward_problem:
+        lines += [f"PROBLEM          {backward_problem}",
+                  "                 every float32 CPU backward raises this error.", ""]
     lines += [
         f"CPU              {cpu_model()}, {os.cpu_count()} cores",
         f"CPU ISA          {describe_isa(cpu_isa())}",
@@ -102,6 +124,7 @@ def report() -> str:
         f"backends built   {', '.join(compiled)}",
         f"active backend   {active} ({_backend.backend_reason()})",
         f"CPU kernel path  {kernel_path}",
+        f"CPU backward     {backward_gemms}",
         f"CUDA archs       {info.get('cuda_archs') or '-'}"
         + (f" (CUDA {info['cuda_version']})" if info.get("cuda_version") else ""),
     ]
@@ -117,4 +140,5 @@ def report() -> str:
 
 if __name__ == "__main__":
     print(report())
-    sys.exit(2 if _backend.env_problem() or _cpu_kernel_path()[1] else 0)
+    sys.exit(2 if _backend.env_problem() or _cpu_kernel_path()[1] or _cpu_backward_gemms()[1]
+             else 0)

@@ -112,7 +112,7 @@ BackwardResult backward_op(const at::Tensor& grad_output, const at::Tensor& grad
   const HostLengths host = check_lengths(lengths, input, &P::lengths_to_host);
   BackwardArgs args = backward_args(Kind, grad_output, grad_h_n, grad_c_n, input, hx, cx, w_ih,
                                     w_hh, b_ih, b_hh, w_hr, output, reserve,
-                                    P::driver_does_gemms(input));
+                                    P::driver_does_backward_gemms(input));
   args.lengths = P::place_lengths(lengths, host, input);
   args.max_length = host.max;
   if (input.size(1) > 0) P::backward(args);

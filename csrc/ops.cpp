@@ -11,6 +11,7 @@
 
 #include "birnn.h"
 #include "cpu/isa.h"
+#include "cpu/large_gemms.h"
 #ifdef WITH_CUDA
 #include "cuda/dispatch.h"
 #endif
@@ -88,6 +89,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       "The CPU kernels' instruction set on this machine (csrc/cpu/isa.h): 'avx512' or 'avx2' "
       "(float32 GEMMs on birnn_ext's own kernel for that ISA, SIMD cells) or 'scalar' (BLAS "
       "GEMMs, scalar cells)");
+  module.def(
+      "cpu_backward_gemms",
+      [](int64_t rows) { return std::string(birnn::cpu::backward_gemm_engine(rows)); },
+      "Which GEMMs a float32 CPU layer of T*B = rows runs its backward's dx and weight "
+      "gradients on (csrc/cpu/large_gemms.h, BIRNN_EXT_CPU_BACKWARD_GEMMS): 'own' (birnn_ext's "
+      "kernel) or 'aten' (torch's GEMMs: MKL)");
 #ifdef WITH_CUDA
   module.def(
       "cuda_kernel_path",

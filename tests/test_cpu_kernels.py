@@ -54,10 +54,55 @@ def run_float32_against_float64(cell, batch, hidden, input_size, steps, seed=0,
                for e, a in zip(*results))
 
 
+@pytest.mark.parametrize("engine", ["own", "aten"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["B{}-H{}-I{}-T{}".format(*s) for s in SHAPES])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_float32_gemm_block_edges(cell, shape):
+def test_float32_gemm_block_edges(cell, shape, engine, monkeypatch):
+    """Both engines of the backward's dx and weight gradients (BIRNN_EXT_CPU_BACKWARD_GEMMS):
+    the driver's own GEMMs, and ATen's after the recurrence."""
+    monkeypatch.setenv("BIRNN_EXT_CPU_BACKWARD_GEMMS", engine)
     assert run_float32_against_float64(cell, *shape) < 1e-5
+
+
+def _compiled():
+    if birnn_ext.get_backend() == "python":
+        pytest.skip("the Python reference has no CPU GEMM choice")
+    from birnn_ext import _backend
+    return _backend.compiled_module()
+
+
+def test_backward_gemm_choice(monkeypatch):
+    """auto takes ATen's GEMMs (MKL) only on an Intel CPU on the AVX-512 path, from T*B = 256
+    rows (where it measured faster, benchmarks/NOTES.md); own and aten force either; the
+    benchmark records' kernel path says which a training row ran."""
+    module = _compiled()
+    monkeypatch.delenv("BIRNN_EXT_CPU_BACKWARD_GEMMS", raising=False)
+    with open("/proc/cpuinfo") as f:
+        intel = "GenuineIntel" in f.read()
+    mkl_fast = (intel and module.cpu_simd() == "avx512" and torch.backends.mkl.is_available())
+    assert module.cpu_backward_gemms(255) == "own"
+    assert module.cpu_backward_gemms(256) == ("aten" if mkl_fast else "own")
+    large = birnn_ext.kernel_path("cpu", T=100, B=64, training=True)
+    assert large == f"cpu-{module.cpu_simd()}" + ("+aten-bwd" if mkl_fast else "")
+    assert birnn_ext.kernel_path("cpu", T=100, B=64) == f"cpu-{module.cpu_simd()}"
+    assert birnn_ext.kernel_path("cpu", T=100, B=64, training=True,
+                                 dtype=torch.float64) == f"cpu-{module.cpu_simd()}"
+    for engine in ("own", "aten"):
+        monkeypatch.setenv("BIRNN_EXT_CPU_BACKWARD_GEMMS", engine)
+        assert module.cpu_backward_gemms(1) == module.cpu_backward_gemms(1 << 30) == engine
+
+
+def test_bad_backward_gemms_value(monkeypatch):
+    """A bad BIRNN_EXT_CPU_BACKWARD_GEMMS fails a float32 backward with a message naming the
+    valid values (the forward, which does not read it, still runs)."""
+    _compiled()
+    if birnn_ext.kernel_path("cpu") == "cpu-scalar":
+        pytest.skip("the scalar path always runs ATen's GEMMs and never reads the switch")
+    monkeypatch.setenv("BIRNN_EXT_CPU_BACKWARD_GEMMS", "mkl")
+    layer = birnn_ext.LSTM(3, 8, bidirectional=True)
+    out, _ = layer(torch.randn(4, 2, 3, requires_grad=True))
+    with pytest.raises(RuntimeError, match="BIRNN_EXT_CPU_BACKWARD_GEMMS=mkl is not one of"):
+        out.sum().backward()
 
 
 # A direction's units in 1, 2 or 3 slices (step_team.h). 50 units are 4 vectors of 16, so the

@@ -42,6 +42,15 @@ Isa cpu_isa() {
   return isa;
 }
 
+bool cpu_is_intel() {
+#ifdef BIRNN_X86_SIMD
+  __builtin_cpu_init();
+  return __builtin_cpu_is("intel");
+#else
+  return false;
+#endif
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Avx512: return "avx512";

@@ -22,6 +22,9 @@ enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 // The ISA in use, decided once per process.
 Isa cpu_isa();
 
+// Whether the CPU is Intel's: MKL, inside torch, takes its fast code paths only there.
+bool cpu_is_intel();
+
 // "avx512", "avx2" or "scalar": benchmark records and `python -m birnn_ext.info` name it.
 const char* isa_name(Isa isa);
 

@@ -2,6 +2,9 @@
 #include "large_gemms.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include <ATen/ATen.h>
 
@@ -14,6 +17,34 @@ namespace cpu {
 
 bool driver_does_gemms(const at::Tensor& input) {
   return input.scalar_type() == at::kFloat && cpu_isa() != Isa::Scalar;
+}
+
+namespace {
+
+// Below this many rows (T*B: dx's M, the weight gradients' K) the driver's own GEMMs are as
+// fast as MKL's even where MKL is at its best, and they save the op's pass after the loop.
+constexpr int64_t kAtenMinRows = 256;
+
+}  // namespace
+
+const char* backward_gemm_engine(int64_t rows) {
+  const char* env = std::getenv("BIRNN_EXT_CPU_BACKWARD_GEMMS");
+  const std::string value = env ? env : "";
+  if (value == "own") return "own";
+  if (value == "aten") return "aten";
+  TORCH_CHECK(value.empty() || value == "auto", "birnn_ext: BIRNN_EXT_CPU_BACKWARD_GEMMS=",
+              value, " is not one of auto, own, aten");
+  // auto: MKL where it was measured faster than the own kernel (benchmarks/NOTES.md, CPU
+  // version 15): an Intel CPU on the AVX-512 path, large enough products. On AMD CPUs MKL
+  // takes a generic path (18-89 GFLOP/s); on AVX2 the two were within the noise.
+  const bool mkl_fast = at::hasMKL() && cpu_is_intel() && cpu_isa() == Isa::Avx512;
+  return mkl_fast && rows >= kAtenMinRows ? "aten" : "own";
+}
+
+bool driver_does_backward_gemms(const at::Tensor& input) {
+  if (!driver_does_gemms(input)) return false;
+  const int64_t rows = input.dim() == 3 ? input.size(0) * input.size(1) : 0;
+  return std::strcmp(backward_gemm_engine(rows), "own") == 0;
 }
 
 InputProjection::InputProjection(const ForwardArgs& a, int d, UnitSlice slice)

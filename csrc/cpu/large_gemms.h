@@ -18,6 +18,14 @@ namespace birnn::cpu {
 // the recurrence: float32 on a CPU with AVX2 or AVX-512 (csrc/cpu/gemm.h says why).
 bool driver_does_gemms(const at::Tensor& input);
 
+// Which GEMMs run the backward's dx, dW_ih and dW_hh where driver_does_gemms, for a layer of
+// `rows` = T*B: "own" (the driver's, on each direction's thread, as the forward's projection)
+// or "aten" (the op's ATen GEMMs after the recurrence, backward_result: MKL where torch has
+// it). BIRNN_EXT_CPU_BACKWARD_GEMMS = auto (default), own or aten chooses, read at every call;
+// auto takes what this CPU measured fastest. Any other value throws, naming the valid ones.
+const char* backward_gemm_engine(int64_t rows);
+bool driver_does_backward_gemms(const at::Tensor& input);
+
 // Sequence lengths, or T for every sequence when none were given.
 struct Lengths {
   const int64_t* values;

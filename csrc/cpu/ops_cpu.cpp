@@ -33,6 +33,9 @@ struct CpuPolicy {
                 "32-bit sizes); got ", w_hh.size(0), " * ", G, " * ", w_hh.size(1) / G);
   }
   static bool driver_does_gemms(const at::Tensor& input) { return cpu::driver_does_gemms(input); }
+  static bool driver_does_backward_gemms(const at::Tensor& input) {
+    return cpu::driver_does_backward_gemms(input);
+  }
   // A CPU layer takes only CPU lengths (check_lengths), so nothing is ever read back.
   static at::Tensor lengths_to_host(const at::Tensor& lengths) { return lengths; }
   static at::Tensor place_lengths(const OptTensor&, const HostLengths& host, const at::Tensor&) {

@@ -109,6 +109,7 @@ struct CudaPolicy {
   static void check_sizes(CellKind, const at::Tensor&, const at::Tensor&) {}  // paths check theirs
   // The op projects the input and computes the backward's large GEMMs with ATen (cuBLAS).
   static bool driver_does_gemms(const at::Tensor&) { return false; }
+  static bool driver_does_backward_gemms(const at::Tensor&) { return false; }
   static at::Tensor lengths_to_host(const at::Tensor& lengths) {
     return cuda_lengths_to_host(lengths);
   }

@@ -25,6 +25,7 @@ struct EmulatedCudaPolicy {
   };
   static void check_sizes(birnn::CellKind, const at::Tensor&, const at::Tensor&) {}
   static bool driver_does_gemms(const at::Tensor&) { return false; }
+  static bool driver_does_backward_gemms(const at::Tensor&) { return false; }
   static at::Tensor lengths_to_host(const at::Tensor& lengths) { return lengths; }
   static at::Tensor place_lengths(const birnn::OptTensor&, const birnn::HostLengths& host,
                                   const at::Tensor& input) {
