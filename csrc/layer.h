@@ -72,8 +72,9 @@ BackwardResult backward_result(const BackwardArgs& args, bool has_bias);
 // The ops' bodies, written once for every device. A device supplies a policy P:
 //   P::Guard                          constructed from the input's device for the op's span
 //   P::check_sizes(kind, input, w_hh) its own size limits, before anything is allocated
-//   P::driver_does_gemms(input)       whether its driver runs the input projection and the
-//                                     backward's large GEMMs itself
+//   P::driver_does_gemms(input)       whether its driver runs the input projection itself
+//   P::driver_does_backward_gemms(input)  whether its driver runs the backward's large GEMMs
+//                                     (dx, dW_ih, dW_hh) itself, else backward_result does
 //   P::lengths_to_host(lengths)       brings lengths on the device to the host
 //   P::place_lengths(given, host, input)  the lengths as its driver takes them
 //   P::forward(args), P::backward(args)   its recurrence drivers (called only when B > 0)

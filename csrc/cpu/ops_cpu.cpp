@@ -1,8 +1,9 @@
 // The ops' CPU kernels: csrc/layer.h's op bodies with the CPU's policy, registered for the CPU.
 //
 // The CPU's own choice: where driver_does_gemms (float32 with AVX2 or AVX-512), the driver runs
-// the input projection and the backward's large GEMMs on its own threads (large_gemms.h);
-// elsewhere the op runs them as ATen GEMMs around the recurrence.
+// the input projection on its own threads (large_gemms.h), and the backward's large GEMMs too
+// unless driver_does_backward_gemms leaves them to ATen's (MKL, where it is faster); elsewhere
+// the op runs them as ATen GEMMs around the recurrence.
 #include <torch/library.h>
 
 #include <limits>
