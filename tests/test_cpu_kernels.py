@@ -1,8 +1,9 @@
 """The CPU path's own kernels at shapes that reach every branch of their blocking.
 
-The float32 path on a CPU with AVX2 or AVX-512 runs every GEMM on birnn_ext's own kernel
-(csrc/cpu/gemm_kernel.h): panels of 16 (8) columns with a masked last panel, register tiles
-of 1-8 (1-6) rows, K in blocks of 384, N in blocks of panels, and a left operand read across
+The float32 path on a CPU with AVX2 or AVX-512 runs its GEMMs on birnn_ext's own kernel
+(csrc/cpu/gemm_kernel.h; the backward's large ones on ATen's where that is faster, and here on
+both): panels of 16 (8) columns with a masked last panel, register tiles of 1-8 (1-6) rows, K
+in blocks of 384 when it exceeds 512, N in blocks of panels, and a left operand read across
 its storage (the weight gradients). These tests compare against torch.nn in float64 (the
 exact answer for float32 rounding), at sizes chosen to cross each block edge, with a
 direction's units in one slice or split over several threads (csrc/cpu/step_team.h), and
@@ -23,10 +24,10 @@ from helpers import Case, check_parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (batch, hidden, input, steps): partial panels and a single row; then K = input > 384
-# (projection K-blocks), G*H > 256 columns (several N-blocks) and T*B > 384 (K-blocks of the
-# weight gradients); then 17 rows (two full row tiles and one of 1).
-SHAPES = [(1, 37, 23, 5), (13, 200, 400, 40), (17, 24, 16, 3)]
+# (batch, hidden, input, steps): partial panels and a single row; then K = input > 512
+# (projection K-blocks of 384), G*H > 256 columns (several N-blocks) and T*B > 512 (K-blocks
+# of the weight gradients); then 17 rows (two full row tiles and one of 1).
+SHAPES = [(1, 37, 23, 5), (13, 200, 600, 40), (17, 24, 16, 3)]
 
 
 def run_float32_against_float64(cell, batch, hidden, input_size, steps, seed=0,

@@ -14,7 +14,8 @@
 //   the last panel zero-padded; a panel's k-range is contiguous, so one packing serves every
 //   K-block;
 // - K in blocks of at most kKBlock, so a block of panels stays in L2 while every row of A
-//   passes over it, and a row block of A (kRowBlock rows x kKBlock) stays in L1;
+//   passes over it, and a row block of A (kRowBlock rows x kKBlock) stays in L1; a K of at
+//   most kSingleKBlock (the per-step products and projections up to H = I = 512) is one block;
 // - N in blocks of panels filling about kPanelBlockBytes of L2;
 // - a register tile of R rows x P panels: R*P independent FMA chains. A core retires one or
 //   two FMAs per cycle with a latency of 4, so at least 8 chains must be in flight: a single
@@ -33,6 +34,14 @@ namespace {
 
 constexpr int64_t kW = V::kWidth;
 constexpr int64_t kKBlock = 384;                  // K per block: a row block of A in L1
+// Up to this K one block: splitting K = 512 into 384 + 128 stored every C tile twice and ran
+// a short second block, 5-6% slower on H = 512's per-step and projection products on AVX-512
+// and AVX2 alike (benchmarks/NOTES.md, CPU version 16), while blocks of 512 for every K cost
+// the AVX2 weight gradients (K = T*B) 5-7%.
+constexpr int64_t kSingleKBlock = 512;
+
+// K per block for a product of depth K.
+constexpr int64_t k_block(int64_t K) { return K <= kSingleKBlock ? K : kKBlock; }
 constexpr int64_t kPanelBlockBytes = 384 * 1024;  // the panels of one N-block, in L2
 
 // One register tile: c[R, W*P] (+)= a[R, kc] @ panels[P][kc][W], the last panel's columns
@@ -134,7 +143,7 @@ void pack_a_block(int64_t M, int64_t kc, const float* a, int64_t a_row, int64_t 
   }
 }
 
-// The GEMM in row blocks of kRows; a_pack (M rounded up to kRows, times min(K, kKBlock)
+// The GEMM in row blocks of kRows; a_pack (M rounded up to kRows, times k_block(K)
 // floats) holds A's K-block when a_col != 1, else it is null.
 template <int kRows>
 void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_t a_col,
@@ -148,8 +157,9 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, i
         c[m * ldc + n] = (beta != 0.f ? c[m * ldc + n] : 0.f) + (bias ? bias[n] : 0.f);
     return;
   }
-  for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
-    const int64_t kc = std::min(kKBlock, K - k0);
+  const int64_t k_step = k_block(K);
+  for (int64_t k0 = 0; k0 < K; k0 += k_step) {
+    const int64_t kc = std::min(k_step, K - k0);
     if (a_pack) pack_a_block(M, kc, a + k0 * a_col, a_row, a_col, kRows, a_pack);
     const int64_t block_panels =
         std::max<int64_t>(1, kPanelBlockBytes / (kc * kW * int64_t(sizeof(float))));
@@ -182,7 +192,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row, int64_
   const int64_t rows = M <= V::kSmallRows ? V::kSmallRowBlock : V::kRowBlock;
   // A left operand read across its storage is copied one K-block at a time (all its rows)
   // into [row block][kc][rows], so each row block's tiles read it contiguously.
-  std::vector<float> a_pack(a_col != 1 ? size_t((M + rows - 1) / rows * rows * std::min(K, kKBlock)) : 0);
+  std::vector<float> a_pack(a_col != 1 ? size_t((M + rows - 1) / rows * rows * k_block(K)) : 0);
   float* pack = a_col != 1 ? a_pack.data() : nullptr;
   if (rows == V::kSmallRowBlock) {
     gemm_rows<V::kSmallRowBlock>(M, N, K, a, a_row, a_col, panels, bias, beta, c, ldc, pack);
