@@ -35,9 +35,10 @@ const char* backward_gemm_engine(int64_t rows) {
   TORCH_CHECK(value.empty() || value == "auto", "birnn_ext: BIRNN_EXT_CPU_BACKWARD_GEMMS=",
               value, " is not one of auto, own, aten");
   // auto: MKL where it was measured faster than the own kernel (benchmarks/NOTES.md, CPU
-  // version 15): an Intel CPU on the AVX-512 path, large enough products. On AMD CPUs MKL
-  // takes a generic path (18-89 GFLOP/s); on AVX2 the two were within the noise.
-  const bool mkl_fast = at::hasMKL() && cpu_is_intel() && cpu_isa() == Isa::Avx512;
+  // version 15): an Intel CPU (on the AVX-512 path, and on the AVX2 one with MKL capped at
+  // AVX2 as on an AVX2-only Intel CPU), large enough products. On AMD CPUs MKL takes a
+  // generic path (18-89 GFLOP/s), far behind the own kernel.
+  const bool mkl_fast = at::hasMKL() && cpu_is_intel();
   return mkl_fast && rows >= kAtenMinRows ? "aten" : "own";
 }
 
