@@ -85,6 +85,11 @@ def _fake_backward(grad_output, grad_h_n, grad_c_n, input, lengths, hx, cx, w_ih
 
 def _setup_context(ctx, inputs, output):
     input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, _training = inputs
+    # No reserve-sized tensor of zeros for the reserve's gradient, which nothing ever has: an
+    # LSTM's reserve is 5H values per (t, b, d), and filling it cost 16 ms of a 210 ms
+    # backward (B=64, H=256; benchmarks/NOTES.md, CPU version 17). The other outputs' missing
+    # gradients become zeros in backward.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
                           output[0], output[3])
 
@@ -106,6 +111,14 @@ def _differentiable_grads(cell, inputs, grad_outputs):
 def _autograd_backward(backward_op, cell):
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_reserve):
         input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, reserve = ctx.saved_tensors
+        # Outputs the loss did not use have no gradient (_setup_context): zero, as autograd
+        # would have made them.
+        if grad_output is None:
+            grad_output = torch.zeros_like(out)
+        if grad_h_n is None:
+            grad_h_n = torch.zeros_like(hx)
+        if grad_c_n is None and cell == "lstm":
+            grad_c_n = hx.new_zeros((hx.shape[0], hx.shape[1], w_ih.shape[1] // GATES[cell]))
         if torch.is_grad_enabled():
             inputs = (input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr)
             return _differentiable_grads(cell, inputs, (grad_output, grad_h_n, grad_c_n)) + (None,)

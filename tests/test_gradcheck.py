@@ -75,3 +75,26 @@ def test_double_backward_is_right_or_refused(cell, backend):
     for name, e, g in zip([n for n, _ in ref.named_parameters()], *grads):
         assert g is not None, f"{name}: second-order gradient silently dropped"
         torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("cell,used", [(cell, used) for cell in CELLS
+                                       for used in ("output", "h_n", "c_n")
+                                       if used != "c_n" or cell == "lstm"])
+def test_loss_of_one_output_like_torch_nn(cell, used, backend):
+    """A loss of only one of (output, h_n, c_n): the others reach the backward without a
+    gradient (the ops do not ask autograd for zeros), and every gradient still matches
+    torch.nn's in float64."""
+    ref, ours = make_pair(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    weight = {"output": torch.randn(5, 3, 8, dtype=torch.float64),
+              "h_n": torch.randn(4, 3, 4, dtype=torch.float64),
+              "c_n": torch.randn(4, 3, 4, dtype=torch.float64)}[used]
+    grads = []
+    for model in (ref, ours):
+        xi = x.clone().requires_grad_()
+        out, state = model(xi)
+        h_n, c_n = state if cell == "lstm" else (state, None)
+        (({"output": out, "h_n": h_n, "c_n": c_n}[used]) * weight).sum().backward()
+        grads.append([xi.grad] + [p.grad for p in model.parameters()])
+    for expected, actual in zip(*grads):
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
