@@ -40,7 +40,18 @@ struct V {
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   static Reg load_masked(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }
-  static void store_masked(float* p, Mask m, Reg v) { _mm256_maskstore_ps(p, m, v); }
+  // Every mask here is a prefix (mask_of, kFull). Not vmaskmovps: as a store it takes about
+  // 14 cycles on AMD Zen 4 (4 ns each against 1 ns for vmovups, a loop of stores), and the
+  // GEMM stores every C tile and every packed 6-row group of a weight gradient's left
+  // operand with it (benchmarks/NOTES.md, CPU version 18). A full mask is one vmovups, a
+  // shorter prefix that many scalar stores.
+  static void store_masked(float* p, Mask m, Reg v) {
+    const int bits = _mm256_movemask_ps(_mm256_castsi256_ps(m));
+    if (bits == 0xFF) return _mm256_storeu_ps(p, v);
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, v);
+    for (int i = 0; i < 8 && (bits >> i) & 1; ++i) p[i] = lanes[i];
+  }
 
   // r[i] holds row i of an 8 x 8 block; afterwards r[c] holds its column c: pairs, then
   // quads within 128-bit lanes, then the lanes.
