@@ -86,15 +86,16 @@ def test_loss_of_one_output_like_torch_nn(cell, used, backend):
     torch.nn's in float64."""
     ref, ours = make_pair(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
     x = torch.randn(5, 3, 3, dtype=torch.float64)
-    weight = {"output": torch.randn(5, 3, 8, dtype=torch.float64),
-              "h_n": torch.randn(4, 3, 4, dtype=torch.float64),
-              "c_n": torch.randn(4, 3, 4, dtype=torch.float64)}[used]
     grads = []
     for model in (ref, ours):
         xi = x.clone().requires_grad_()
         out, state = model(xi)
         h_n, c_n = state if cell == "lstm" else (state, None)
-        (({"output": out, "h_n": h_n, "c_n": c_n}[used]) * weight).sum().backward()
+        loss_of = {"output": out, "h_n": h_n, "c_n": c_n}[used]
+        # The same random weights for both models: a generator seeded alike each time.
+        weight = torch.randn(loss_of.shape, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(1))
+        (loss_of * weight).sum().backward()
         grads.append([xi.grad] + [p.grad for p in model.parameters()])
     for expected, actual in zip(*grads):
         torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
