@@ -152,11 +152,6 @@ class ForwardLoop {
     TORCH_INTERNAL_ASSERT(!proj_ || slices.size() == 1, "a projection needs every unit");
     h_buf_[0] = a.h.data_ptr<T>() + d * B_ * Hout_;
     h_buf_[1] = h_spare_.data();
-    const T* w_hh = a.w_hh.data_ptr<T>() + d * GH_ * Hout_;  // [G*H, Hout]
-    for (const UnitSlice& slice : slices) {
-      recurrent_.emplace_back(w_hh, Cell::kGates, H_, Hout_, slice);  // h @ W_hh^T
-      gates_x_.emplace_back(a, d, GH_, slice);
-    }
     if (proj_) {
       // m @ W_hr^T, W_hr [Hout, H]
       projection_.emplace(a.w_hr.data_ptr<T>() + d * Hout_ * H_, H_, Hout_, H_, true);
@@ -175,9 +170,10 @@ class ForwardLoop {
     T* h_next = h_buf_[(s + 1) % 2];              // [B, Hout] the state it writes
     T* output = a_.output.data_ptr<T>();          // [T, B, D, Hout]
     const bool any_valid = t < max_len_;
+    if (s == 0) pack_slice(i);
     if (any_valid) {
-      gates_x_[i].prepare(s);
-      recurrent_[i].apply(B_, h_prev, Hout_, T(0), gates_h_.data(), GH_);
+      gates_x_[i]->prepare(s);
+      recurrent_[i]->apply(B_, h_prev, Hout_, T(0), gates_h_.data(), GH_);
     }
     for (int64_t b = 0; b < B_; ++b) {
       const int64_t row = (t * B_ + b) * D_ + d_;
@@ -194,7 +190,7 @@ class ForwardLoop {
         continue;
       }
       T* c_row = c_ ? c_ + b * H_ : nullptr;
-      const ForwardRow<T> r{gates_x_[i].row(t, b), gates_h_.data() + b * GH_, b_hh_,
+      const ForwardRow<T> r{gates_x_[i]->row(t, b), gates_h_.data() + b * GH_, b_hh_,
                             h_prev + b * Hout_, c_row, proj_ ? m_.data() + b * H_ : h_row,
                             c_row, reserve_row};
       cpu::forward_row<Cell, T>(r, u.u0, u.u1, H_);
@@ -225,6 +221,18 @@ class ForwardLoop {
   }
 
  private:
+  // Packs slice i's weights (W_hh's and W_ih's rows of its gate columns) at its first step,
+  // on the thread that runs that step: the slices pack in parallel, and each slice's panels
+  // are first touched by the core that reads them at every step. Packing every slice here,
+  // in the constructor, ran on one thread while the others waited: 13% of the samples of an
+  // LSTM inference at B=1, H=256 (benchmarks/NOTES.md, CPU version 19). Steps of one slice
+  // are ordered by the step team's barrier, so the later steps see what this one built.
+  void pack_slice(int i) {
+    const T* w_hh = a_.w_hh.data_ptr<T>() + d_ * GH_ * Hout_;  // [G*H, Hout]
+    recurrent_[i].emplace(w_hh, Cell::kGates, H_, Hout_, slices_[i]);  // h @ W_hh^T
+    gates_x_[i].emplace(a_, d_, GH_, slices_[i]);
+  }
+
   const ForwardArgs& a_;
   const int d_;
   const std::vector<UnitSlice>& slices_;
@@ -238,8 +246,11 @@ class ForwardLoop {
   Scratch<T> h_spare_;  // [B, Hout] the second h buffer
   T* h_buf_[2];
   Scratch<T> gates_h_;  // [B, G*H] h @ W_hh^T of this step, each slice its own columns
-  std::vector<SliceWeight<T>> recurrent_;        // per slice
-  std::vector<InputGates<T>> gates_x_;           // per slice
+  // per slice, built by pack_slice at its first step
+  std::vector<std::optional<SliceWeight<T>>> recurrent_ =
+      std::vector<std::optional<SliceWeight<T>>>(slices_.size());
+  std::vector<std::optional<InputGates<T>>> gates_x_ =
+      std::vector<std::optional<InputGates<T>>>(slices_.size());
   std::optional<StepWeight<T>> projection_;      // W_hr (LSTM with proj_size)
   Scratch<T> m_;                                 // [B, H] o * tanh(c), before projection
 };
@@ -258,12 +269,6 @@ class BackwardLoop {
         proj_(a.w_hr.defined()), len_(lengths_of(a.lengths, T_)), max_len_(len_.max(B_)),
         dh_step_(proj_ ? 0 : B_ * Hout_), dm_(proj_ ? B_ * H_ : 0) {
     TORCH_INTERNAL_ASSERT(!proj_ || slices.size() == 1, "a projection needs every unit");
-    const T* w_hh = a.w_hh.data_ptr<T>() + d * GH_ * Hout_;  // [G*H, Hout]
-    for (size_t i = 0; i < slices.size(); ++i) {
-      // dgates_h @ W_hh[:, the slice's columns of h]
-      const UnitSlice o = out_units(int(i));
-      recurrent_.emplace_back(w_hh + o.u0, Hout_, o.size(), GH_, false);
-    }
     if (proj_) {
       // dh @ W_hr, W_hr [Hout, H]
       projection_.emplace(a.w_hr.data_ptr<T>() + d * Hout_ * H_, H_, H_, Hout_, false);
@@ -273,6 +278,13 @@ class BackwardLoop {
   int64_t units() const { return T_ + 1; }
 
   void unit(int64_t u, int i) {
+    if (u == 0) {
+      // dgates_h @ W_hh[:, the slice's columns of h], packed on the slice's own thread as in
+      // ForwardLoop::pack_slice.
+      const T* w_hh = a_.w_hh.data_ptr<T>() + d_ * GH_ * Hout_;  // [G*H, Hout]
+      const UnitSlice o = out_units(i);
+      recurrent_[i].emplace(w_hh + o.u0, Hout_, o.size(), GH_, false);
+    }
     if (u > 0) finish_step(u - 1, i);
     if (u < T_) pointwise(u, i);
   }
@@ -292,7 +304,7 @@ class BackwardLoop {
     if (t >= max_len_) return;
     T* dh = a_.dh.data_ptr<T>() + d_ * B_ * Hout_;
     const T* dgates_h = a_.dgates_h.data_ptr<T>() + (t * B_ * D_ + d_) * GH_;
-    recurrent_[i].apply(B_, dgates_h, D_ * GH_, T(1), dh + out_units(i).u0, Hout_);
+    recurrent_[i]->apply(B_, dgates_h, D_ * GH_, T(1), dh + out_units(i).u0, Hout_);
   }
 
   void pointwise(int64_t s, int i) {
@@ -369,7 +381,9 @@ class BackwardLoop {
   const int64_t max_len_;
   Scratch<T> dh_step_;  // [B, Hout] total dLoss/dh of this step (no projection)
   Scratch<T> dm_;       // [B, H] that gradient through W_hr (projection)
-  std::vector<StepWeight<T>> recurrent_;     // per slice: W_hh[:, its units]
+  // per slice: W_hh[:, its units], packed at the slice's first unit
+  std::vector<std::optional<StepWeight<T>>> recurrent_ =
+      std::vector<std::optional<StepWeight<T>>>(slices_.size());
   std::optional<StepWeight<T>> projection_;  // W_hr
 };
 
