@@ -42,7 +42,12 @@ def _cpuinfo_field(name):
 
 
 def cpu_model() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "CPU"
+    """The CPU's model name, with its x86 family and model numbers where /proc/cpuinfo has
+    them: a virtual machine may report only "AMD EPYC" for CPUs of different generations
+    (Zen 3 is family 25 model 1, Zen 4 family 25 model 17), whose speeds differ."""
+    name = _cpuinfo_field("model name") or platform.processor() or platform.machine() or "CPU"
+    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    return f"{name} (family {family} model {model})" if family and model else name
 
 
 def cpu_isa() -> dict:
