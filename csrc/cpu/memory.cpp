@@ -2,6 +2,9 @@
 #include "memory.h"
 
 #include <cstdint>
+#include <vector>
+
+#include "tasks.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -20,6 +23,33 @@ void advise_huge_pages(const at::Tensor& t) {
 #else
   (void)t;
 #endif
+}
+
+void prefault(std::initializer_list<at::Tensor> ts) {
+  constexpr int64_t kPage = 4096, kMinBytes = int64_t(4) << 20;
+  struct Span {
+    char* begin;
+    int64_t bytes;
+  };
+  std::vector<Span> spans;
+  for (const at::Tensor& t : ts) {
+    if (t.defined() && t.is_cpu() && int64_t(t.nbytes()) >= kMinBytes) {
+      spans.push_back({static_cast<char*>(t.data_ptr()), int64_t(t.nbytes())});
+    }
+  }
+  if (spans.empty()) return;
+  const int parts = std::max(1, at::get_num_threads());
+  run_tasks(parts, [&](int part) {
+    for (const Span& s : spans) {
+      const int64_t pages = (s.bytes + kPage - 1) / kPage;
+      for (int64_t p = pages * part / parts; p < pages * (part + 1) / parts; ++p) {
+        // The byte written back as it was, so a buffer poisoned with NaN (BIRNN_EXT_POISON)
+        // stays poisoned; volatile, so the compiler keeps the store.
+        volatile char* byte = s.begin + p * kPage;
+        *byte = *byte;
+      }
+    }
+  });
 }
 
 }  // namespace birnn::cpu

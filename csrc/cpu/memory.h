@@ -16,4 +16,10 @@ namespace birnn::cpu {
 // memory was already touched, and never an error.
 void advise_huge_pages(const at::Tensor& t);
 
+// Rewrites one byte of every page of the CPU tensors in `ts` (each of at least 4 MiB) with its
+// own value, the pages split over the threads, so that their first-touch faults happen here,
+// all threads at once, and not inside a time loop whose threads meet at a barrier every step
+// (there a thread stalled in a fault stalls the others too). The contents are unchanged.
+void prefault(std::initializer_list<at::Tensor> ts);
+
 }  // namespace birnn::cpu

@@ -423,6 +423,7 @@ namespace cpu {
 void forward_recurrence_cpu(const ForwardArgs& given) {
   ForwardArgs a = given;
   const int64_t D = a.output.size(2), rows = a.output.size(0) * a.output.size(1);
+  cpu::prefault({a.output, a.reserve});
   if (!a.gates_x.defined() && D == 1) {
     // One direction: project every step first, with every thread, in row blocks (two
     // directions project on their own threads as they go: InputGates).
@@ -449,6 +450,7 @@ void forward_recurrence_cpu(const ForwardArgs& given) {
 
 void backward_recurrence_cpu(const BackwardArgs& a) {
   const int64_t D = a.output.size(2);
+  cpu::prefault({a.dgates_x, a.dgates_h.is_same(a.dgates_x) ? at::Tensor() : a.dgates_h});
   dispatch_cell(a.cell, [&](auto cell) {
     using Cell = decltype(cell);
     const Plan plan = plan_of(a.output, a.w_hh, a.w_hr, Cell::kGates);
