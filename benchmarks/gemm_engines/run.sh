@@ -28,9 +28,8 @@ g++ -O3 -std=c++17 -I"$TORCH_DIR/include" \
   "$ROOT/csrc/cpu/gemm_avx2.cpp" -L"$TORCH_DIR/lib" -lc10 -ldl -o "$WORK/gemm_engines"
 # One thread everywhere: each engine is measured as one direction's thread would run it.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 DNNL_NUM_THREADS=1
-echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)," \
-  "family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2-)," \
-  "model $(grep -m1 -E '^model\s+:' /proc/cpuinfo | cut -d: -f2-)"
+field() { grep -m1 -E "^$1\s+:" /proc/cpuinfo | cut -d: -f2- | xargs; }
+echo "CPU: $(field 'model name') (family $(field 'cpu family') model $(field model))"
 # Pinned to one CPU: oneDNN's TBB runtime ignores the thread variables and takes every CPU
 # its affinity mask allows.
 PIN="taskset -c 0"

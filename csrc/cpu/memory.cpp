@@ -1,6 +1,7 @@
 // advise_huge_pages (memory.h).
 #include "memory.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 

@@ -9,6 +9,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <initializer_list>
+
 namespace birnn::cpu {
 
 // Asks the OS to back `t`'s memory with huge pages when t is a CPU tensor of at least 4 MiB

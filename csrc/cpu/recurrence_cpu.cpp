@@ -226,7 +226,10 @@ class ForwardLoop {
   // are first touched by the core that reads them at every step. Packing every slice here,
   // in the constructor, ran on one thread while the others waited: 13% of the samples of an
   // LSTM inference at B=1, H=256 (benchmarks/NOTES.md, CPU version 19). Steps of one slice
-  // are ordered by the step team's barrier, so the later steps see what this one built.
+  // are ordered by the step team's barrier, so the later steps see what this one built. The
+  // buffers are allocated on a team thread, outside the caller's thread-local state (inference
+  // mode, profiler): harmless for plain scratch memory. An allocation that throws reaches the
+  // caller through run_tasks (StepTeam stops the other threads' waiting).
   void pack_slice(int i) {
     const T* w_hh = a_.w_hh.data_ptr<T>() + d_ * GH_ * Hout_;  // [G*H, Hout]
     recurrent_[i].emplace(w_hh, Cell::kGates, H_, Hout_, slices_[i]);  // h @ W_hh^T
@@ -450,7 +453,8 @@ void forward_recurrence_cpu(const ForwardArgs& given) {
 
 void backward_recurrence_cpu(const BackwardArgs& a) {
   const int64_t D = a.output.size(2);
-  cpu::prefault({a.dgates_x, a.dgates_h.is_same(a.dgates_x) ? at::Tensor() : a.dgates_h});
+  cpu::prefault({a.dgates_x, a.dgates_h.is_same(a.dgates_x) ? at::Tensor() : a.dgates_h,
+                 a.dh_total});
   dispatch_cell(a.cell, [&](auto cell) {
     using Cell = decltype(cell);
     const Plan plan = plan_of(a.output, a.w_hh, a.w_hr, Cell::kGates);

@@ -62,6 +62,9 @@ Plan plan_layer(int64_t D, int64_t G, int64_t H, int64_t Hout, int64_t bytes, bo
 // it, then helps with any slice still unclaimed, then waits for the step to finish. Any
 // thread may run any slice, so a team smaller than `slices` (one thread, say) still finishes
 // every step; with one thread per slice, each keeps its slice (and its weights in its cache).
+// When fn throws (a slice's first step allocates its packed weights), the thread rethrows and
+// the others stop waiting and return, so run_tasks reports the error instead of the team
+// waiting forever for a step that will never finish.
 class StepTeam {
  public:
   StepTeam(int64_t units, int slices)
@@ -75,11 +78,16 @@ class StepTeam {
       for (int k = 0; k < slices_; ++k) {
         const int slice = (home + k) % slices_;
         if (claim(step, slice)) {
-          fn(step, slice);
+          try {
+            fn(step, slice);
+          } catch (...) {
+            failed_.store(true, std::memory_order_relaxed);
+            throw;
+          }
           done_.fetch_add(1, std::memory_order_release);
         }
       }
-      wait_for((step + 1) * slices_);
+      if (!wait_for((step + 1) * slices_)) return;  // another thread's fn threw
     }
   }
 
@@ -92,8 +100,10 @@ class StepTeam {
   // Spins until `count` slices are done (a step's slices finish only after every earlier
   // step's, so the count says which steps are complete), yielding when it waits long: the
   // thread it waits for may share its core.
-  void wait_for(int64_t count) const {
+  // Returns false, without waiting further, once a thread's fn has thrown.
+  bool wait_for(int64_t count) const {
     for (int spins = 0; done_.load(std::memory_order_acquire) < count; ++spins) {
+      if (failed_.load(std::memory_order_relaxed)) return false;
       if (spins < 4096) {
 #if defined(__x86_64__)
         _mm_pause();
@@ -102,12 +112,14 @@ class StepTeam {
         std::this_thread::yield();
       }
     }
+    return true;
   }
 
   const int64_t units_;
   const int slices_;
   std::unique_ptr<std::atomic<bool>[]> claimed_;  // [units, slices]
   std::atomic<int64_t> done_{0};
+  std::atomic<bool> failed_{false};  // some thread's fn threw
 };
 
 }  // namespace birnn::cpu
