@@ -163,6 +163,7 @@ at::Tensor driver_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   }();
   at::Tensor t = at::empty(sizes, opts);
   cpu::advise_huge_pages(t);
+  cpu::prefault(t);
   if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
   return t;
 }

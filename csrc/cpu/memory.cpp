@@ -1,9 +1,8 @@
-// advise_huge_pages (memory.h).
+// advise_huge_pages and prefault (memory.h).
 #include "memory.h"
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "tasks.h"
 
@@ -26,29 +25,18 @@ void advise_huge_pages(const at::Tensor& t) {
 #endif
 }
 
-void prefault(std::initializer_list<at::Tensor> ts) {
+void prefault(const at::Tensor& t) {
   constexpr int64_t kPage = 4096, kMinBytes = int64_t(4) << 20;
-  struct Span {
-    char* begin;
-    int64_t bytes;
-  };
-  std::vector<Span> spans;
-  for (const at::Tensor& t : ts) {
-    if (t.defined() && t.is_cpu() && int64_t(t.nbytes()) >= kMinBytes) {
-      spans.push_back({static_cast<char*>(t.data_ptr()), int64_t(t.nbytes())});
-    }
-  }
-  if (spans.empty()) return;
+  if (!t.is_cpu() || int64_t(t.nbytes()) < kMinBytes) return;
+  char* begin = static_cast<char*>(t.data_ptr());
+  const int64_t pages = (int64_t(t.nbytes()) + kPage - 1) / kPage;
   const int parts = std::max(1, at::get_num_threads());
   run_tasks(parts, [&](int part) {
-    for (const Span& s : spans) {
-      const int64_t pages = (s.bytes + kPage - 1) / kPage;
-      for (int64_t p = pages * part / parts; p < pages * (part + 1) / parts; ++p) {
-        // The byte written back as it was, so a buffer poisoned with NaN (BIRNN_EXT_POISON)
-        // stays poisoned; volatile, so the compiler keeps the store.
-        volatile char* byte = s.begin + p * kPage;
-        *byte = *byte;
-      }
+    for (int64_t p = pages * part / parts; p < pages * (part + 1) / parts; ++p) {
+      // The byte written back as it was, so a buffer poisoned with NaN (BIRNN_EXT_POISON)
+      // stays poisoned; volatile, so the compiler keeps the store.
+      volatile char* byte = begin + p * kPage;
+      *byte = *byte;
     }
   });
 }

@@ -9,8 +9,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <initializer_list>
-
 namespace birnn::cpu {
 
 // Asks the OS to back `t`'s memory with huge pages when t is a CPU tensor of at least 4 MiB
@@ -18,10 +16,10 @@ namespace birnn::cpu {
 // memory was already touched, and never an error.
 void advise_huge_pages(const at::Tensor& t);
 
-// Rewrites one byte of every page of the CPU tensors in `ts` (each of at least 4 MiB) with its
-// own value, the pages split over the threads, so that their first-touch faults happen here,
-// all threads at once, and not inside a time loop whose threads meet at a barrier every step
-// (there a thread stalled in a fault stalls the others too). The contents are unchanged.
-void prefault(std::initializer_list<at::Tensor> ts);
+// Rewrites one byte of every page of `t` (a CPU tensor of at least 4 MiB) with its own value,
+// the pages split over the threads, so that the first-touch faults happen here, all threads at
+// once, and not inside a time loop whose threads meet at a barrier every step (there a thread
+// stalled in a fault stalls the others too). The contents are unchanged.
+void prefault(const at::Tensor& t);
 
 }  // namespace birnn::cpu

@@ -281,13 +281,7 @@ class BackwardLoop {
   int64_t units() const { return T_ + 1; }
 
   void unit(int64_t u, int i) {
-    if (u == 0) {
-      // dgates_h @ W_hh[:, the slice's columns of h], packed on the slice's own thread as in
-      // ForwardLoop::pack_slice.
-      const T* w_hh = a_.w_hh.data_ptr<T>() + d_ * GH_ * Hout_;  // [G*H, Hout]
-      const UnitSlice o = out_units(i);
-      recurrent_[i].emplace(w_hh + o.u0, Hout_, o.size(), GH_, false);
-    }
+    if (u == 0) pack_slice(i);
     if (u > 0) finish_step(u - 1, i);
     if (u < T_) pointwise(u, i);
   }
@@ -296,6 +290,14 @@ class BackwardLoop {
 
  private:
   int64_t time_of(int64_t s) const { return d_ == 0 ? T_ - 1 - s : s; }
+
+  // dgates_h @ W_hh[:, the slice's columns of h], packed at the slice's first unit on the
+  // thread that runs it, as ForwardLoop::pack_slice does.
+  void pack_slice(int i) {
+    const T* w_hh = a_.w_hh.data_ptr<T>() + d_ * GH_ * Hout_;  // [G*H, Hout]
+    const UnitSlice o = out_units(i);
+    recurrent_[i].emplace(w_hh + o.u0, Hout_, o.size(), GH_, false);
+  }
 
   // The slice's columns of h, dh and the output (ForwardLoop::out_units).
   UnitSlice out_units(int i) const { return proj_ ? UnitSlice{0, Hout_} : slices_[i]; }
@@ -426,7 +428,6 @@ namespace cpu {
 void forward_recurrence_cpu(const ForwardArgs& given) {
   ForwardArgs a = given;
   const int64_t D = a.output.size(2), rows = a.output.size(0) * a.output.size(1);
-  cpu::prefault({a.output, a.reserve});
   if (!a.gates_x.defined() && D == 1) {
     // One direction: project every step first, with every thread, in row blocks (two
     // directions project on their own threads as they go: InputGates).
@@ -453,8 +454,6 @@ void forward_recurrence_cpu(const ForwardArgs& given) {
 
 void backward_recurrence_cpu(const BackwardArgs& a) {
   const int64_t D = a.output.size(2);
-  cpu::prefault({a.dgates_x, a.dgates_h.is_same(a.dgates_x) ? at::Tensor() : a.dgates_h,
-                 a.dh_total});
   dispatch_cell(a.cell, [&](auto cell) {
     using Cell = decltype(cell);
     const Plan plan = plan_of(a.output, a.w_hh, a.w_hr, Cell::kGates);
