@@ -31,6 +31,7 @@ struct V {
   static constexpr int max_panels(int R) { return R <= 1 ? 8 : R <= 2 ? 4 : R <= 4 ? 3 : 2; }
   static Reg zero() { return _mm256_setzero_ps(); }
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
   static Reg broadcast(float x) { return _mm256_set1_ps(x); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }

@@ -5,7 +5,7 @@
 //
 // V provides: Reg, Mask, kWidth (floats per register), kRowBlock (rows of A per register
 // tile; kSmallRowBlock for products of at most kSmallRows rows), max_panels(R) (panels per tile for R rows, so that R*P accumulators + P weights +
-// one broadcast fit the register file), zero, load, broadcast, fma, add, mask_of(cols),
+// one broadcast fit the register file), zero, load, store, broadcast, fma, add, mask_of(cols),
 // kFull, load_masked, store_masked, and transpose(Reg[kWidth]) (in-register transpose of a
 // kWidth x kWidth block).
 //
@@ -205,16 +205,23 @@ void pack_panels(const float* w, int64_t ldw, int64_t N, int64_t K, bool transpo
                  float* panels) {
   const int64_t num_panels = (N + kW - 1) / kW;
   if (!transposed) {
-    // Blocks of k outer and panels inner, so that W [K, N] is read in its storage order.
-    constexpr int64_t kRowsPerBlock = 64;
-    for (int64_t k0 = 0; k0 < K; k0 += kRowsPerBlock) {
-      const int64_t k1 = std::min(K, k0 + kRowsPerBlock);
-      for (int64_t p = 0; p < num_panels; ++p) {
-        const int64_t n0 = p * kW;
-        const typename V::Mask mask = V::mask_of(std::min(kW, N - n0));
-        float* panel = panels + p * K * kW;
-        for (int64_t k = k0; k < k1; ++k) {
-          V::store_masked(panel + k * kW, V::kFull(), V::load_masked(mask, w + k * ldw + n0));
+    // W [K, N]: a group of panels at a time, every k of the group before the next group, so
+    // each row of W is read as one run of kGroup * kW floats and each panel is written in
+    // order. (Blocks of k outer and panels inner read W a vector at a time, one row apart:
+    // 8-15 GB/s from L2, benchmarks/NOTES.md, CPU version 21.)
+    constexpr int64_t kGroup = 8;
+    for (int64_t p0 = 0; p0 < num_panels; p0 += kGroup) {
+      const int64_t p1 = std::min(num_panels, p0 + kGroup);
+      for (int64_t k = 0; k < K; ++k) {
+        const float* row = w + k * ldw;
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t n0 = p * kW;
+          float* dst = panels + (p * K + k) * kW;
+          if (n0 + kW <= N) {
+            V::store(dst, V::load(row + n0));
+          } else {
+            V::store(dst, V::load_masked(V::mask_of(N - n0), row + n0));
+          }
         }
       }
     }
@@ -223,8 +230,19 @@ void pack_panels(const float* w, int64_t ldw, int64_t N, int64_t K, bool transpo
   for (int64_t p = 0; p < num_panels; ++p) {
     const int64_t n0 = p * kW, cols = std::min(kW, N - n0);
     float* panel = panels + p * K * kW;
-    // W [N, K]: W rows of W become the panel's W columns, W k at a time.
-    for (int64_t k0 = 0; k0 < K; k0 += kW) {
+    // W [N, K]: W rows of W become the panel's W columns, W k at a time. Whole blocks with
+    // plain loads and stores, so the block stays in registers (the masked form below spilled
+    // it and copied it out through the stack: 7 GB/s from L2).
+    int64_t k0 = 0;
+    if (cols == kW) {
+      for (; k0 + kW <= K; k0 += kW) {
+        typename V::Reg block[kW];
+        for (int64_t i = 0; i < kW; ++i) block[i] = V::load(w + (n0 + i) * ldw + k0);
+        V::transpose(block);
+        for (int64_t c = 0; c < kW; ++c) V::store(panel + (k0 + c) * kW, block[c]);
+      }
+    }
+    for (; k0 < K; k0 += kW) {
       const int64_t ks = std::min(kW, K - k0);
       const typename V::Mask k_mask = V::mask_of(ks);
       typename V::Reg block[kW];
@@ -232,7 +250,7 @@ void pack_panels(const float* w, int64_t ldw, int64_t N, int64_t K, bool transpo
         block[i] = i < cols ? V::load_masked(k_mask, w + (n0 + i) * ldw + k0) : V::zero();
       }
       V::transpose(block);
-      for (int64_t c = 0; c < ks; ++c) V::store_masked(panel + (k0 + c) * kW, V::kFull(), block[c]);
+      for (int64_t c = 0; c < ks; ++c) V::store(panel + (k0 + c) * kW, block[c]);
     }
   }
 }
