@@ -4,7 +4,7 @@ The ops take each weight stacked over directions ([D, G*H, I] and so on). torch.
 them at every call: 16 MiB for an LSTM layer of 512 units, 8-12% of a small batch's forward
 on the CPU. Instead, `flatten_directions` (birnn_ext's flatten_parameters) puts the two
 directions' parameters of each weight side by side in one block of memory, each parameter a
-view of it, and `stacked` hands the ops a view of that block: the very memory the parameters
+view of it, and `stacked_layer` hands the ops a view of that block: the very memory the parameters
 are, so it can never be stale, whatever updated them (optimizers, load_state_dict, in-place
 writes through .data). Where the parameters are not side by side (replaced by the user,
 parametrized, or under torch.compile, which must not see two graph inputs alias one block)
@@ -13,17 +13,20 @@ it falls back to torch.stack.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
 
 def _side_by_side(first: Tensor, second: Tensor) -> bool:
-    """Whether `second` starts where `first` ends, in the same memory, with the same layout."""
-    return (first.shape == second.shape and first.dtype == second.dtype
-            and first.device == second.device and first.is_contiguous()
-            and second.is_contiguous() and first.device.type != "meta"
-            and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
-            and second.data_ptr() == first.data_ptr() + first.numel() * first.element_size())
+    """Whether `second` starts where `first` ends, in the same memory, with the same layout.
+    (Run for every weight at every call: the cheapest test that fails first.)"""
+    return (second.data_ptr() == first.data_ptr() + first.nbytes
+            and first.shape == second.shape and first.dtype == second.dtype
+            and first.is_contiguous() and second.is_contiguous()
+            and first.device == second.device and first.device.type != "meta"
+            and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr())
 
 
 def _block_of(first: Tensor) -> Tensor:
@@ -31,28 +34,95 @@ def _block_of(first: Tensor) -> Tensor:
     return first.as_strided((2, *first.shape), (first.numel(), *first.stride()))
 
 
-class _StackedView(torch.autograd.Function):
-    """Both directions as one view of the block they lie in; the gradient splits back."""
+class _StackedViews(torch.autograd.Function):
+    """Several weights' two directions, each as one view of the block they lie in, in one
+    autograd node for the whole layer (a node per weight cost 8-9 us each, a third of a
+    small layer's call); each gradient splits back to its two parameters.
+
+    A view shares the version counter of one parameter only (the first direction's), so
+    the op that saves it would not notice the second direction's weight changed in place
+    before the backward; this node saves both, and autograd's check of saved tensors raises
+    then, as torch.nn's own backward does."""
 
     @staticmethod
-    def forward(ctx, first, second):
-        return _block_of(first)
+    def forward(ctx, *pairs):  # first directions, then second directions
+        ctx.save_for_backward(*pairs)
+        return tuple(_block_of(first) for first in pairs[:len(pairs) // 2])
 
     @staticmethod
-    def backward(ctx, grad):
-        return grad[0], grad[1]
+    def backward(ctx, *grads):
+        ctx.saved_tensors  # noqa: B018 (unpacking checks the weights' versions)
+        return tuple(g[0] for g in grads) + tuple(g[1] for g in grads)
+
+
+def _stack(per_direction: list[list[Tensor]], recorded: bool) -> tuple[list[Tensor], bool]:
+    """stacked_layer's result, and whether every weight of it is a view (no copy)."""
+    if len(per_direction) == 1:
+        return [w.unsqueeze(0) for w in per_direction[0]], True
+    firsts, seconds = per_direction
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        # Traced or transformed (torch.func.grad): the weights have no memory to view.
+        return [torch.stack(pair) for pair in zip(firsts, seconds)], False
+    adjacent = [j for j, (a, b) in enumerate(zip(firsts, seconds)) if _side_by_side(a, b)]
+    pairs = [firsts[j] for j in adjacent] + [seconds[j] for j in adjacent]
+    views = ()
+    if torch.is_grad_enabled() and any(w.requires_grad for w in pairs):
+        views = _StackedViews.apply(*pairs)
+    elif recorded:
+        # Weights that need no gradient, read by an op that autograd records (its input or
+        # state needs one): copies, since nothing would notice a second direction's weight
+        # changing before the backward (see _StackedViews).
+        adjacent = []
+    else:
+        views = [_block_of(first) for first in pairs[:len(adjacent)]]
+    out = [None if j in adjacent else torch.stack((a, b))
+           for j, (a, b) in enumerate(zip(firsts, seconds))]
+    for j, view in zip(adjacent, views):
+        out[j] = view
+    return out, len(adjacent) == len(firsts)
+
+
+def stacked_layer(per_direction: list[list[Tensor]], recorded: bool = False) -> list[Tensor]:
+    """Weights stacked over directions: per_direction[d][j] is weight j of direction d; the
+    result's j-th is [D, *shape], a view of the parameters' memory where the two directions
+    lie side by side (flatten_directions), else a stacked copy. `recorded`: autograd records
+    the op that reads them (it has an input that requires grad)."""
+    return _stack(per_direction, recorded)[0]
 
 
 def stacked(weights: list[Tensor]) -> Tensor:
-    """The directions' weights stacked: [D, *shape], a view when they lie side by side."""
-    if len(weights) == 1:
-        return weights[0].unsqueeze(0)
-    first, second = weights
-    if torch.compiler.is_compiling() or not _side_by_side(first, second):
-        return torch.stack(weights)
-    if torch.is_grad_enabled() and (first.requires_grad or second.requires_grad):
-        return _StackedView.apply(first, second)
-    return _block_of(first)
+    """One weight's directions stacked: [D, *shape] (stacked_layer for a single weight)."""
+    return stacked_layer([[w] for w in weights])[0]
+
+
+# Inference reuses a layer's stacked views from one call to the next: making them (the
+# adjacency tests and an as_strided per weight) cost 20 us of a 60 us layer call at H=128,
+# and as much again in the op that followed. They are views, never copies, so their values
+# are always the parameters' own; they are reused only while every weight still has the
+# memory, shape and strides it had when they were made (a view keeps its memory alive, so
+# an address cannot be reused by another tensor meanwhile). Only without autograd: with it,
+# each call makes views of the parameters themselves, so that autograd sees an in-place
+# change of a weight between forward and backward. Held per module, weakly.
+_INFERENCE_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _geometry(weights: list[Tensor]) -> tuple:
+    return tuple((w.data_ptr(), w.shape, w.stride(), w.dtype) for w in weights)
+
+
+def stacked_layer_of(module: nn.Module, layer: int, per_direction: list[list[Tensor]],
+                     recorded: bool = False) -> list[Tensor]:
+    """stacked_layer for `module`'s layer `layer`, reused between inference calls."""
+    if torch.compiler.is_compiling() or torch.is_grad_enabled():
+        return stacked_layer(per_direction, recorded)
+    geometry = _geometry([w for weights in per_direction for w in weights])
+    reused = _INFERENCE_VIEWS.get(module, {}).get(layer)
+    if reused is not None and reused[0] == geometry:
+        return reused[1]
+    out, all_views = _stack(per_direction, recorded=False)
+    if all_views:
+        _INFERENCE_VIEWS.setdefault(module, {})[layer] = (geometry, out)
+    return out
 
 
 def flatten_directions(module: nn.RNNBase) -> None:
@@ -62,6 +132,7 @@ def flatten_directions(module: nn.RNNBase) -> None:
     Only leaf nn.Parameters of the same shape, dtype and device are moved; anything else
     (a plain tensor swapped in by torch.func.functional_call, a parametrization) is left
     where it is and stacked by copying."""
+    _INFERENCE_VIEWS.pop(module, None)  # views of the memory the parameters leave
     if not module.bidirectional or len(module._flat_weights) != len(module._flat_weights_names):
         return
     names = module._flat_weights_names

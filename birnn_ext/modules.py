@@ -156,33 +156,61 @@ class _FusedForward:
         parameters are created, moved or replaced; values and Parameter objects are kept."""
         _weights.flatten_directions(self)
 
+    def _weights_have_changed(self):
+        """torch.nn's test (is each weight still the object _flat_weights holds?) without
+        its hasattr and getattr per weight, 14 us of a small layer's call: on the classes
+        here, which define no attribute of a weight's name, getattr finds a weight in the
+        instance dict (where functional_call puts a plain tensor) or else among the
+        parameters; anything else (a buffer, a submodule, nothing) and every subclass (a
+        parametrization's is one, its weights properties) take torch.nn's own lookup."""
+        if type(self) not in _REPLACEMENTS.values():
+            return super()._weights_have_changed()
+        instance, params = self.__dict__, self._parameters
+        for ref, name in zip(self._flat_weight_refs, self._flat_weights_names, strict=True):
+            weight = instance[name] if name in instance else params.get(name)
+            if weight is None:
+                weight = getattr(self, name, None)
+            if weight is not None and ref is not None and ref() is not weight:
+                return True
+        return False
+
     def __setstate__(self, state):
         # copy.deepcopy and pickle rebuild each Parameter on its own storage.
         super().__setstate__(state)
         self.flatten_parameters()
 
-    def _layer_weights(self, layer):
-        """Layer `layer`'s weights stacked over directions: (w_ih, w_hh, b_ih, b_hh, w_hr)."""
-        suffixes = ("", "_reverse") if self.bidirectional else ("",)
+    def _layer_weights(self, layer, *states):
+        """Layer `layer`'s weights stacked over directions: (w_ih, w_hh, b_ih, b_hh, w_hr),
+        for a call on `states` (its input, h0 and c0).
 
-        def stacked(kind):
-            return _weights.stacked([getattr(self, f"{kind}_l{layer}{s}") for s in suffixes])
-
-        return (stacked("weight_ih"), stacked("weight_hh"),
-                stacked("bias_ih") if self.bias else None,
-                stacked("bias_hh") if self.bias else None,
-                stacked("weight_hr") if self.proj_size > 0 else None)
+        Read from _flat_weights, as torch.nn's forward reads them (_update_flat_weights
+        has brought it up to date): by position, without a getattr per weight."""
+        per_direction_count = len(self._all_weights[0])  # weight names per (layer, direction)
+        directions = 2 if self.bidirectional else 1
+        start = layer * directions * per_direction_count
+        recorded = torch.is_grad_enabled() and any(
+            s is not None and s.requires_grad for s in states)
+        weights = _weights.stacked_layer_of(self, layer, [
+            self._flat_weights[first:first + per_direction_count]
+            for first in range(start, start + directions * per_direction_count,
+                               per_direction_count)], recorded)
+        # Each direction's names: weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr].
+        biases = (weights[2], weights[3]) if self.bias else (None, None)
+        w_hr = weights[-1] if self.proj_size > 0 else None
+        return (weights[0], weights[1], *biases, w_hr)
 
     def _run_layers(self, x, lengths, dropout_rows, h0, c0):
         """All layers over the padded batch x [T, B, I]: (output, h_n, c_n)."""
         cell = _CELL_OF_MODE[self.mode]
+        if self.num_layers == 1:  # h0 and c0 as they are, h_n and c_n as the op makes them
+            return ops.layer(cell, x, lengths, h0, c0, *self._layer_weights(0, x, h0, c0))
         directions = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             rows = slice(layer * directions, (layer + 1) * directions)
-            x, h, c = ops.layer(cell, x, lengths, h0[rows],
-                                c0[rows] if c0 is not None else None,
-                                *self._layer_weights(layer))
+            h0_layer, c0_layer = h0[rows], (c0[rows] if c0 is not None else None)
+            x, h, c = ops.layer(cell, x, lengths, h0_layer, c0_layer,
+                                *self._layer_weights(layer, x, h0_layer, c0_layer))
             h_n.append(h)
             c_n.append(c)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:

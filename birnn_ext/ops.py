@@ -131,15 +131,49 @@ def _autograd_backward(backward_op, cell):
     return backward
 
 
+# The autograd formula registered for each forward op, also as autograd.Functions per
+# (namespace, cell) for eager calls (layer() below). Through the op's own registration each
+# call with autograd first runs torch.library's fill_defaults, which rebuilds the schema's
+# argument list once per argument: 29 us, more than the whole op at T=1 and H=128. The
+# Functions have the very same setup_context and backward; their forward calls the op with
+# grad mode off (a Function's forward always runs so), which goes straight to the kernel.
+# Two forms: "fast" calls setup_context from its forward (a Function with a separate
+# setup_context pays 20 us in inspect.signature at every call); "functorch", with the
+# separate setup_context, is the form functorch transforms (torch.func.grad and friends)
+# accept, which the op's own registration is not.
+_EAGER_FUNCTIONS: dict[tuple[str, str, str], type] = {}
+
+
+def _eager_functions(forward_op, setup_context, backward):
+    def forward_fast(ctx, *args):
+        output = forward_op(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    def forward(*args):
+        return forward_op(*args)
+
+    return {
+        "fast": type("BirnnExtLayer", (torch.autograd.Function,), {
+            "forward": staticmethod(forward_fast), "backward": staticmethod(backward)}),
+        "functorch": type("BirnnExtLayerFunctorch", (torch.autograd.Function,), {
+            "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward)}),
+    }
+
+
 def _register_python_side(namespace, reserve_widths):
     ops = getattr(torch.ops, namespace)
     for cell in CELLS:
         fwd, bwd = f"{namespace}::{cell}_forward", f"{namespace}::{cell}_backward"
         torch.library.register_fake(fwd)(_fake_forward(cell, reserve_widths[cell]))
         torch.library.register_fake(bwd)(_fake_backward)
-        torch.library.register_autograd(
-            fwd, _autograd_backward(getattr(ops, f"{cell}_backward"), cell),
-            setup_context=_setup_context)
+        backward = _autograd_backward(getattr(ops, f"{cell}_backward"), cell)
+        torch.library.register_autograd(fwd, backward, setup_context=_setup_context)
+        forms = _eager_functions(getattr(ops, f"{cell}_forward").default, _setup_context,
+                                 backward)
+        for form, function in forms.items():
+            _EAGER_FUNCTIONS[namespace, cell, form] = function
 
 
 _compiled_side_registered = False
@@ -170,12 +204,17 @@ if _backend.get_backend() != "python":
     _register_compiled_side()
 
 
+def _namespace() -> str:
+    """The ops' namespace of the active backend."""
+    if _backend.get_backend() == "python":
+        return "birnn_ext_ref"
+    _register_compiled_side()
+    return "birnn_ext"
+
+
 def forward_op(cell: str):
     """The forward op of `cell` in the namespace of the active backend."""
-    if _backend.get_backend() == "python":
-        return getattr(torch.ops.birnn_ext_ref, f"{cell}_forward").default
-    _register_compiled_side()
-    return getattr(torch.ops.birnn_ext, f"{cell}_forward").default
+    return getattr(getattr(torch.ops, _namespace()), f"{cell}_forward").default
 
 
 def _autocast(t: Tensor | None, dtype: torch.dtype):
@@ -207,6 +246,10 @@ def layer(cell: str, input: Tensor, lengths: Tensor | None, hx: Tensor, cx: Tens
             return layer(cell, tensors[0], lengths, *tensors[1:])
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors)
-    output, h_n, c_n, _ = forward_op(cell)(input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh,
-                                           w_hr, training)
+    args = (input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, training)
+    if training and not torch.compiler.is_compiling():
+        form = "fast" if torch._C._functorch.peek_interpreter_stack() is None else "functorch"
+        output, h_n, c_n, _ = _EAGER_FUNCTIONS[_namespace(), cell, form].apply(*args)
+    else:
+        output, h_n, c_n, _ = forward_op(cell)(*args)
     return output, h_n, (c_n if cell == "lstm" else None)

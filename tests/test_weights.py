@@ -120,3 +120,102 @@ def test_meta_device(cell):
     _, ext_cls, extra = module_classes(cell)
     model = ext_cls(5, 4, bidirectional=True, device="meta", **extra)
     assert model(torch.randn(3, 2, 5, device="meta"))[0].shape == (3, 2, 8)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_follows_every_change_of_the_weights(cell):
+    """Without autograd a layer reuses its stacked views between calls (_weights,
+    stacked_layer_of): writes through .data, a replaced Parameter, a Parameter given other
+    memory (.data = ...), a transposed square weight and a move to another dtype are all
+    seen at the next call, as torch.nn sees them."""
+    ref, ours = make_pair(cell, input_size=16, hidden_size=4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 16, dtype=torch.float64)
+
+    def check():
+        with torch.no_grad():
+            _same_outputs(ref, ours, x.to(ref.weight_hh_l0.dtype))
+
+    def both(change):
+        for model in (ref, ours):
+            change(model)
+        check()
+
+    check()
+    check()  # the reused views
+    both(lambda m: m.weight_hh_l1_reverse.data.mul_(-0.5))
+    fresh = torch.randn_like(ours.weight_ih_l0)
+    both(lambda m: setattr(m, "weight_ih_l0", nn.Parameter(fresh.clone())))
+    fresh = torch.randn_like(ours.bias_hh_l1)
+    both(lambda m: setattr(m.bias_hh_l1, "data", fresh.clone()))
+    # weight_ih_l0 is [G*4, 16]: square for the LSTM, whose transpose keeps shape and address
+    if ours.weight_ih_l0.shape[0] == ours.weight_ih_l0.shape[1]:
+        both(lambda m: setattr(m.weight_ih_l0, "data", m.weight_ih_l0.data.t()))
+    both(lambda m: m.float())
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_parametrized_weight_like_torch_nn(cell):
+    """A parametrization turns a weight into a property of a subclass: the weight is
+    recomputed at every call, with and without autograd."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    ref, ours = make_pair(cell, bidirectional=True)
+    for model in (ref, ours):
+        parametrize.register_parametrization(model, "weight_hh_l0_reverse", Doubled())
+    x = torch.randn(5, 3, 5, dtype=torch.float64)
+    with torch.no_grad():
+        _same_outputs(ref, ours, x)
+    _same_outputs(ref, ours, x)
+    for model in (ref, ours):
+        model.parametrizations.weight_hh_l0_reverse.original.data.mul_(-1)
+    with torch.no_grad():
+        _same_outputs(ref, ours, x)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_in_place_change_between_forward_and_backward_raises_like_torch_nn(cell):
+    """Autograd sees a weight changed in place after the forward, as with torch.nn."""
+    ref, ours = make_pair(cell, bidirectional=True)
+    x = torch.randn(5, 3, 5, dtype=torch.float64)
+    for model in (ref, ours):
+        loss = model(x)[0].sum()
+        with torch.no_grad():
+            model.weight_hh_l0_reverse.add_(1.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_torch_func_grad_like_torch_nn(cell):
+    """Under a functorch transform the layer goes through the op's own autograd
+    registration (ops.layer); the gradients are torch.nn's."""
+    ref, ours = make_pair(cell, bidirectional=True)
+    x = torch.randn(5, 3, 5, dtype=torch.float64)
+    params = {n: p.detach() for n, p in ours.named_parameters()}
+
+    def loss(model):
+        return lambda p: torch.func.functional_call(model, p, (x,))[0].square().sum()
+
+    got, expected = torch.func.grad(loss(ours))(params), torch.func.grad(loss(ref))(params)
+    for name in params:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-10, rtol=1e-9, msg=name)
+
+
+def test_frozen_weights_changed_after_the_forward_give_the_forward_s_gradient():
+    """Frozen weights (requires_grad False) changed in place between forward and backward:
+    torch.nn raises; birnn_ext gives the gradient of the forward it ran (it read copies of
+    the weights, _weights._stack), never one computed with the changed weights."""
+    _, ours = make_pair("lstm", bidirectional=True)
+    ours.requires_grad_(False)
+    x = torch.randn(5, 3, 5, dtype=torch.float64, requires_grad=True)
+    expected = torch.autograd.grad(ours(x)[0].square().sum(), x)[0]
+    loss = ours(x)[0].square().sum()
+    with torch.no_grad():
+        ours.weight_hh_l0_reverse.mul_(3.0)
+        ours.weight_ih_l0.mul_(3.0)
+    torch.testing.assert_close(torch.autograd.grad(loss, x)[0], expected, atol=1e-12,
+                               rtol=1e-10)
