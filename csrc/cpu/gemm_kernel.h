@@ -125,19 +125,32 @@ void run_rows(int64_t rows, const Block& b) {
 
 // Copies A[:, k0 : k0 + kc] (a at k0; A[m][k] = a[m * a_row + k * a_col]) into
 // out[m / rows_per_block][k][m % rows_per_block]. When a_row == 1 (dgates^T: the rows of A are
-// side by side in each row of storage) every k is one sequential read of the storage row.
+// side by side in each row of storage) each k reads a run of one storage row. The copy goes
+// kKChunk values of k at a time, row block by row block: those few storage rows stay in L1
+// while each row block's output is written as one sequential run. Row blocks inner for every
+// single k wrote M / rows_per_block streams at once (64 for M = 512, a whole multiple of 4 KiB
+// apart, so on the same cache sets), and the copy took 2-3x as long (benchmarks/NOTES.md, CPU
+// version 23).
 void pack_a_block(int64_t M, int64_t kc, const float* a, int64_t a_row, int64_t a_col,
                   int64_t rows_per_block, float* out) {
-  for (int64_t k = 0; k < kc; ++k) {
-    const float* src = a + k * a_col;
+  constexpr int64_t kKChunk = 16;
+  for (int64_t q0 = 0; q0 < kc; q0 += kKChunk) {
+    const int64_t q1 = std::min(kc, q0 + kKChunk);
     for (int64_t m0 = 0; m0 < M; m0 += rows_per_block) {
       const int64_t rows = std::min(rows_per_block, M - m0);
-      float* dst = out + m0 * kc + k * rows_per_block;
+      float* block = out + m0 * kc;
       if (a_row == 1) {
         const typename V::Mask mask = V::mask_of(rows);
-        V::store_masked(dst, mask, V::load_masked(mask, src + m0));
+        for (int64_t k = q0; k < q1; ++k) {
+          V::store_masked(block + k * rows_per_block, mask,
+                          V::load_masked(mask, a + k * a_col + m0));
+        }
       } else {
-        for (int64_t r = 0; r < rows; ++r) dst[r] = src[(m0 + r) * a_row];
+        for (int64_t k = q0; k < q1; ++k) {
+          for (int64_t r = 0; r < rows; ++r) {
+            block[k * rows_per_block + r] = a[(m0 + r) * a_row + k * a_col];
+          }
+        }
       }
     }
   }
