@@ -55,13 +55,26 @@ class _StackedViews(torch.autograd.Function):
         return tuple(g[0] for g in grads) + tuple(g[1] for g in grads)
 
 
+def _traced_or_transformed() -> bool:
+    """Under torch.compile or torch.func (grad, vmap) the weights have no memory to view;
+    under torch.jit.trace a view made by _StackedViews would be recorded as a Python call,
+    which a traced module cannot save, and a reused view as a constant: torch.stack then."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._functorch.peek_interpreter_stack() is not None)
+
+
 def _stack(per_direction: list[list[Tensor]], recorded: bool) -> tuple[list[Tensor], bool]:
     """stacked_layer's result, and whether every weight of it is a view (no copy)."""
     if len(per_direction) == 1:
         return [w.unsqueeze(0) for w in per_direction[0]], True
     firsts, seconds = per_direction
-    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
-        # Traced or transformed (torch.func.grad): the weights have no memory to view.
+    if torch.jit.is_tracing():
+        # A traced graph serves every grad mode, and ops.layer's training flag is a constant
+        # of it: stacked with grad on, the weights require grad as their parameters do (as
+        # the unidirectional case's views do) even when traced under no_grad.
+        with torch.enable_grad():
+            return [torch.stack(pair) for pair in zip(firsts, seconds)], False
+    if _traced_or_transformed():
         return [torch.stack(pair) for pair in zip(firsts, seconds)], False
     adjacent = [j for j, (a, b) in enumerate(zip(firsts, seconds)) if _side_by_side(a, b)]
     pairs = [firsts[j] for j in adjacent] + [seconds[j] for j in adjacent]
@@ -113,7 +126,7 @@ def _geometry(weights: list[Tensor]) -> tuple:
 def stacked_layer_of(module: nn.Module, layer: int, per_direction: list[list[Tensor]],
                      recorded: bool = False) -> list[Tensor]:
     """stacked_layer for `module`'s layer `layer`, reused between inference calls."""
-    if torch.compiler.is_compiling() or torch.is_grad_enabled():
+    if torch.is_grad_enabled() or _traced_or_transformed():
         return stacked_layer(per_direction, recorded)
     geometry = _geometry([w for weights in per_direction for w in weights])
     reused = _INFERENCE_VIEWS.get(module, {}).get(layer)

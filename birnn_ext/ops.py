@@ -244,10 +244,15 @@ def layer(cell: str, input: Tensor, lengths: Tensor | None, hx: Tensor, cx: Tens
         tensors = tuple(_autocast(t, dtype) for t in tensors)
         with torch.autocast(device_type, enabled=False):
             return layer(cell, tensors[0], lengths, *tensors[1:])
-    training = torch.is_grad_enabled() and any(
+    # Traced, the flag is a constant of the graph, which must serve whatever grad mode it
+    # later runs in (torch.jit.trace's own check re-traces under no_grad): a reserve whenever
+    # a tensor requires grad.
+    training = (torch.is_grad_enabled() or torch.jit.is_tracing()) and any(
         t is not None and t.requires_grad for t in tensors)
     args = (input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, training)
-    if training and not torch.compiler.is_compiling():
+    # The eager Functions are for eager calls only: torch.compile traces the op itself, and
+    # torch.jit.trace records a Function as a Python call that a traced module cannot save.
+    if training and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
         form = "fast" if torch._C._functorch.peek_interpreter_stack() is None else "functorch"
         output, h_n, c_n, _ = _EAGER_FUNCTIONS[_namespace(), cell, form].apply(*args)
     else:

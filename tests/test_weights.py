@@ -219,3 +219,60 @@ def test_frozen_weights_changed_after_the_forward_give_the_forward_s_gradient():
         ours.weight_ih_l0.mul_(3.0)
     torch.testing.assert_close(torch.autograd.grad(loss, x)[0], expected, atol=1e-12,
                                rtol=1e-10)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_vmap_over_an_ensemble(bidirectional, grad):
+    """torch.func.stack_module_state + vmap(functional_call) gives each model's own output
+    (torch.nn's LSTM has no batching rule; each torch.nn model run alone is the truth). The
+    weights are batched tensors with no memory, so neither the inference cache nor the views
+    may touch them."""
+    pairs = [make_pair("lstm", bidirectional=bidirectional) for _ in range(3)]
+    for ref, _ in pairs:
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.copy_(torch.randn_like(p))
+    models = [ours for _, ours in pairs]
+    for (ref, _), ours in zip(pairs, models):
+        ours.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 3, 5, dtype=torch.float64)
+    params, buffers = torch.func.stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def run(p, b, x):
+        return torch.func.functional_call(base, (p, b), (x,))[0]
+
+    with torch.set_grad_enabled(grad):
+        got = torch.vmap(run, in_dims=(0, 0, None))(params, buffers, x)
+    expected = torch.stack([ref(x)[0] for ref, _ in pairs])
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_jit_trace_saved_and_loaded_like_torch_nn(cell, bidirectional):
+    """torch.jit.trace with its own check (which re-traces under no_grad), saved, loaded:
+    outputs and gradients as torch.nn's eager module, and the traced module reads the
+    original's parameters."""
+    ref, ours = make_pair(cell, bidirectional=bidirectional)
+    x = torch.randn(5, 3, 5, dtype=torch.float64)
+    traced = torch.jit.trace(ours, x)
+    assert not [n for n in traced.graph.nodes() if n.kind() == "prim::PythonOp"]
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    expected = ref(x)[0]
+    got = loaded(x)[0]
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+    grads = torch.autograd.grad(got.square().sum(), list(loaded.parameters()))
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(ref.parameters()))
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-9)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], expected, atol=1e-12, rtol=1e-10)
+        ours.weight_hh_l0.mul_(2.0)
+        ref.weight_hh_l0.mul_(2.0)
+        torch.testing.assert_close(traced(x)[0], ref(x)[0], atol=1e-12, rtol=1e-10)
+
