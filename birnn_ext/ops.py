@@ -158,7 +158,7 @@ def _eager_functions(forward_op, setup_context, backward):
             "forward": staticmethod(forward_fast), "backward": staticmethod(backward)}),
         "functorch": type("BirnnExtLayerFunctorch", (torch.autograd.Function,), {
             "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-            "backward": staticmethod(backward)}),
+            "backward": staticmethod(backward), "generate_vmap_rule": True}),
     }
 
 
@@ -247,13 +247,17 @@ def layer(cell: str, input: Tensor, lengths: Tensor | None, hx: Tensor, cx: Tens
     # Traced, the flag is a constant of the graph, which must serve whatever grad mode it
     # later runs in (torch.jit.trace's own check re-traces under no_grad): a reserve whenever
     # a tensor requires grad.
-    training = (torch.is_grad_enabled() or torch.jit.is_tracing()) and any(
-        t is not None and t.requires_grad for t in tensors)
+    # Under a functorch transform (vmap) a wrapper's requires_grad reads False even where the
+    # tensor beneath it needs a gradient (stack_module_state's parameters): a reserve
+    # whenever grad mode is on.
+    transformed = torch._C._functorch.peek_interpreter_stack() is not None
+    training = (torch.is_grad_enabled() or torch.jit.is_tracing()) and (transformed or any(
+        t is not None and t.requires_grad for t in tensors))
     args = (input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, training)
     # The eager Functions are for eager calls only: torch.compile traces the op itself, and
     # torch.jit.trace records a Function as a Python call that a traced module cannot save.
     if training and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
-        form = "fast" if torch._C._functorch.peek_interpreter_stack() is None else "functorch"
+        form = "functorch" if transformed else "fast"
         output, h_n, c_n, _ = _EAGER_FUNCTIONS[_namespace(), cell, form].apply(*args)
     else:
         output, h_n, c_n, _ = forward_op(cell)(*args)

@@ -247,6 +247,14 @@ def test_vmap_over_an_ensemble(bidirectional, grad):
         got = torch.vmap(run, in_dims=(0, 0, None))(params, buffers, x)
     expected = torch.stack([ref(x)[0] for ref, _ in pairs])
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+    if grad:  # the stacked parameters' gradients: each model's own, as torch.nn's
+        got.square().sum().backward()
+        for i, (ref, _) in enumerate(pairs):
+            names = [n for n, _ in ref.named_parameters()]
+            grads = torch.autograd.grad(ref(x)[0].square().sum(), list(ref.parameters()))
+            for name, g in zip(names, grads):
+                torch.testing.assert_close(params[name].grad[i], g, atol=1e-10, rtol=1e-9,
+                                           msg=name)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
