@@ -34,24 +34,25 @@ def _block_of(first: Tensor) -> Tensor:
     return first.as_strided((2, *first.shape), (first.numel(), *first.stride()))
 
 
+# The attribute of a stacked view that names the second direction's parameter. A view shares
+# the version counter of the parameter it starts in (the first direction's) only; the op
+# that reads the view saves this one too (ops._setup_context), so that autograd's check of
+# saved tensors raises, as torch.nn's backward does, when either direction's weight was
+# changed in place between forward and backward, whichever gradients are asked for.
+SECOND_DIRECTION = "_birnn_ext_second_direction"
+
+
 class _StackedViews(torch.autograd.Function):
     """Several weights' two directions, each as one view of the block they lie in, in one
     autograd node for the whole layer (a node per weight cost 8-9 us each, a third of a
-    small layer's call); each gradient splits back to its two parameters.
-
-    A view shares the version counter of one parameter only (the first direction's), so
-    the op that saves it would not notice the second direction's weight changed in place
-    before the backward; this node saves both, and autograd's check of saved tensors raises
-    then, as torch.nn's own backward does."""
+    small layer's call); each gradient splits back to its two parameters."""
 
     @staticmethod
     def forward(ctx, *pairs):  # first directions, then second directions
-        ctx.save_for_backward(*pairs)
         return tuple(_block_of(first) for first in pairs[:len(pairs) // 2])
 
     @staticmethod
     def backward(ctx, *grads):
-        ctx.saved_tensors  # noqa: B018 (unpacking checks the weights' versions)
         return tuple(g[0] for g in grads) + tuple(g[1] for g in grads)
 
 
@@ -78,16 +79,15 @@ def _stack(per_direction: list[list[Tensor]], recorded: bool) -> tuple[list[Tens
         return [torch.stack(pair) for pair in zip(firsts, seconds)], False
     adjacent = [j for j, (a, b) in enumerate(zip(firsts, seconds)) if _side_by_side(a, b)]
     pairs = [firsts[j] for j in adjacent] + [seconds[j] for j in adjacent]
-    views = ()
+    seconds_of_views = pairs[len(adjacent):]
     if torch.is_grad_enabled() and any(w.requires_grad for w in pairs):
         views = _StackedViews.apply(*pairs)
-    elif recorded:
-        # Weights that need no gradient, read by an op that autograd records (its input or
-        # state needs one): copies, since nothing would notice a second direction's weight
-        # changing before the backward (see _StackedViews).
-        adjacent = []
+        recorded = True
     else:
         views = [_block_of(first) for first in pairs[:len(adjacent)]]
+    if recorded:
+        for view, second in zip(views, seconds_of_views):
+            setattr(view, SECOND_DIRECTION, second)
     out = [None if j in adjacent else torch.stack((a, b))
            for j, (a, b) in enumerate(zip(firsts, seconds))]
     for j, view in zip(adjacent, views):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _backend, reference
+from . import _backend, _weights, reference
 
 # The cells, as the pure-torch implementation knows them (the compiled module's list, from
 # csrc/cells.h's registry, must be the same: _compiled_reserve_widths checks it).
@@ -90,8 +90,11 @@ def _setup_context(ctx, inputs, output):
     # backward (B=64, H=256; benchmarks/NOTES.md, CPU version 17). The other outputs' missing
     # gradients become zeros in backward.
     ctx.set_materialize_grads(False)
+    # A stacked view of both directions' parameters carries the second one, saved too, so
+    # that an in-place change of it before the backward raises (_weights.SECOND_DIRECTION).
+    seconds = [getattr(w, _weights.SECOND_DIRECTION, None) for w in (w_ih, w_hh, b_ih, b_hh, w_hr)]
     ctx.save_for_backward(input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                          output[0], output[3])
+                          output[0], output[3], *[w for w in seconds if w is not None])
 
 
 def _differentiable_grads(cell, inputs, grad_outputs):
@@ -110,7 +113,8 @@ def _differentiable_grads(cell, inputs, grad_outputs):
 
 def _autograd_backward(backward_op, cell):
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_reserve):
-        input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, reserve = ctx.saved_tensors
+        # (Unpacking checks every saved tensor's version, the second directions' too.)
+        input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, reserve = ctx.saved_tensors[:11]
         # Outputs the loss did not use have no gradient (_setup_context): zero, as autograd
         # would have made them.
         if grad_output is None:
