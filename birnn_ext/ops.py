@@ -141,29 +141,20 @@ def _autograd_backward(backward_op, cell):
 # argument list once per argument: 29 us, more than the whole op at T=1 and H=128. The
 # Functions have the very same setup_context and backward; their forward calls the op with
 # grad mode off (a Function's forward always runs so), which goes straight to the kernel.
-# Two forms: "fast" calls setup_context from its forward (a Function with a separate
-# setup_context pays 20 us in inspect.signature at every call); "functorch", with the
-# separate setup_context, is the form functorch transforms (torch.func.grad and friends)
-# accept, which the op's own registration is not.
-_EAGER_FUNCTIONS: dict[tuple[str, str, str], type] = {}
+# The Function calls setup_context from its own forward: one with a separate setup_context
+# pays 20 us in inspect.signature at every call. (torch.func transforms take the reference
+# instead, layer() below.)
+_EAGER_FUNCTIONS: dict[tuple[str, str], type] = {}
 
 
-def _eager_functions(forward_op, setup_context, backward):
-    def forward_fast(ctx, *args):
+def _eager_function(forward_op, setup_context, backward):
+    def forward(ctx, *args):
         output = forward_op(*args)
         setup_context(ctx, args, output)
         return output
 
-    def forward(*args):
-        return forward_op(*args)
-
-    return {
-        "fast": type("BirnnExtLayer", (torch.autograd.Function,), {
-            "forward": staticmethod(forward_fast), "backward": staticmethod(backward)}),
-        "functorch": type("BirnnExtLayerFunctorch", (torch.autograd.Function,), {
-            "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-            "backward": staticmethod(backward), "generate_vmap_rule": True}),
-    }
+    return type("BirnnExtLayer", (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
 def _register_python_side(namespace, reserve_widths):
@@ -174,10 +165,8 @@ def _register_python_side(namespace, reserve_widths):
         torch.library.register_fake(bwd)(_fake_backward)
         backward = _autograd_backward(getattr(ops, f"{cell}_backward"), cell)
         torch.library.register_autograd(fwd, backward, setup_context=_setup_context)
-        forms = _eager_functions(getattr(ops, f"{cell}_forward").default, _setup_context,
-                                 backward)
-        for form, function in forms.items():
-            _EAGER_FUNCTIONS[namespace, cell, form] = function
+        _EAGER_FUNCTIONS[namespace, cell] = _eager_function(
+            getattr(ops, f"{cell}_forward").default, _setup_context, backward)
 
 
 _compiled_side_registered = False
@@ -248,21 +237,25 @@ def layer(cell: str, input: Tensor, lengths: Tensor | None, hx: Tensor, cx: Tens
         tensors = tuple(_autocast(t, dtype) for t in tensors)
         with torch.autocast(device_type, enabled=False):
             return layer(cell, tensors[0], lengths, *tensors[1:])
-    # Traced, the flag is a constant of the graph, which must serve whatever grad mode it
-    # later runs in (torch.jit.trace's own check re-traces under no_grad): a reserve whenever
-    # a tensor requires grad.
-    # Under a functorch transform (vmap) a wrapper's requires_grad reads False even where the
-    # tensor beneath it needs a gradient (stack_module_state's parameters): a reserve
-    # whenever grad mode is on.
     transformed = torch._C._functorch.peek_interpreter_stack() is not None
-    training = (torch.is_grad_enabled() or torch.jit.is_tracing()) and (transformed or any(
+    if transformed and not torch.compiler.is_compiling():
+        # Under a torch.func transform: the pure-PyTorch reference, which every transform
+        # differentiates and batches natively. Through the op, vjp and jacrev gave zeros for
+        # the input (the op's double-backward formula ran at the wrong functorch level),
+        # grad of grad a wrong second derivative, hessian an error, vmap a loop per model.
+        output, h_n, c_n, _ = reference.forward(cell, input, lengths, hx, cx, w_ih, w_hh, b_ih,
+                                                b_hh, w_hr, training=False)
+        return output, h_n, (c_n if cell == "lstm" else None)
+    tracing = torch.jit.is_tracing()
+    # Traced, the flag is a constant of the graph, which must serve every later call,
+    # whatever its grad mode and whichever tensors then need gradients: always a reserve.
+    training = tracing or (torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors))
     args = (input, lengths, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, training)
-    # The eager Functions are for eager calls only: torch.compile traces the op itself, and
+    # The eager Function is for eager calls only: torch.compile traces the op itself, and
     # torch.jit.trace records a Function as a Python call that a traced module cannot save.
-    if training and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
-        form = "functorch" if transformed else "fast"
-        output, h_n, c_n, _ = _EAGER_FUNCTIONS[_namespace(), cell, form].apply(*args)
+    if training and not tracing and not torch.compiler.is_compiling():
+        output, h_n, c_n, _ = _EAGER_FUNCTIONS[_namespace(), cell].apply(*args)
     else:
         output, h_n, c_n, _ = forward_op(cell)(*args)
     return output, h_n, (c_n if cell == "lstm" else None)

@@ -304,3 +304,45 @@ def test_jit_trace_saved_and_loaded_like_torch_nn(cell, bidirectional):
         ref.weight_hh_l0.mul_(2.0)
         torch.testing.assert_close(traced(x)[0], ref(x)[0], atol=1e-12, rtol=1e-10)
 
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_torch_func_transforms_like_torch_nn(cell, bidirectional):
+    """vjp, jacrev, hessian and grad of grad w.r.t. the input, as torch.nn's (the layer
+    takes the reference under a transform: through the op, vjp and jacrev gave zeros)."""
+    ref, ours = make_pair(cell, bidirectional=bidirectional)
+    x = torch.randn(4, 2, 5, dtype=torch.float64)
+    cotangent = torch.randn(4, 2, ref(x)[0].shape[-1], dtype=torch.float64)
+    results = []
+    for model in (ref, ours):
+        _, pullback = torch.func.vjp(lambda x: model(x)[0], x)
+        results.append([
+            pullback(cotangent)[0],
+            torch.func.jacrev(lambda x: model(x)[0].sum(0))(x),
+            torch.func.hessian(lambda x: model(x)[0].square().sum())(x[:2, :1]),
+            torch.func.grad(lambda x: torch.func.grad(
+                lambda y: model(y)[0].square().sum())(x).square().sum())(x),
+        ])
+    for name, got, expected in zip(["vjp", "jacrev", "hessian", "grad of grad"], *results[::-1]):
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-9, msg=name)
+
+
+def test_traced_frozen_model_trains_like_torch_nn():
+    """Traced with every weight frozen (no tensor of the traced call needs a gradient), then
+    asked for the input's gradient and, unfrozen, for the weights': as torch.nn's."""
+    ref, ours = make_pair("lstm", bidirectional=True)
+    x = torch.randn(5, 3, 5, dtype=torch.float64)
+    traced = []
+    for model in (ref, ours):
+        model.requires_grad_(False)
+        traced.append(torch.jit.trace(model, x))
+    xs = [x.clone().requires_grad_() for _ in traced]
+    grads = [torch.autograd.grad(t(xi)[0].square().sum(), xi)[0] for t, xi in zip(traced, xs)]
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-10, rtol=1e-9)
+    for model in (ref, ours):
+        model.requires_grad_(True)
+    weights = [torch.autograd.grad(t(x)[0].square().sum(), list(m.parameters()))
+               for t, m in zip(traced, (ref, ours))]
+    for got, expected in zip(weights[1], weights[0]):
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-9)
