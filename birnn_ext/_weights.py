@@ -69,24 +69,17 @@ def _stack(per_direction: list[list[Tensor]], recorded: bool) -> tuple[list[Tens
     if len(per_direction) == 1:
         return [w.unsqueeze(0) for w in per_direction[0]], True
     firsts, seconds = per_direction
-    if torch.jit.is_tracing():
-        # A traced graph serves every grad mode, and ops.layer's training flag is a constant
-        # of it: stacked with grad on, the weights require grad as their parameters do (as
-        # the unidirectional case's views do) even when traced under no_grad.
-        with torch.enable_grad():
-            return [torch.stack(pair) for pair in zip(firsts, seconds)], False
     if _traced_or_transformed():
         return [torch.stack(pair) for pair in zip(firsts, seconds)], False
     adjacent = [j for j, (a, b) in enumerate(zip(firsts, seconds)) if _side_by_side(a, b)]
     pairs = [firsts[j] for j in adjacent] + [seconds[j] for j in adjacent]
-    seconds_of_views = pairs[len(adjacent):]
-    if torch.is_grad_enabled() and any(w.requires_grad for w in pairs):
+    trained = torch.is_grad_enabled() and any(w.requires_grad for w in pairs)
+    if trained:
         views = _StackedViews.apply(*pairs)
-        recorded = True
     else:
         views = [_block_of(first) for first in pairs[:len(adjacent)]]
-    if recorded:
-        for view, second in zip(views, seconds_of_views):
+    if trained or recorded:
+        for view, second in zip(views, pairs[len(adjacent):]):
             setattr(view, SECOND_DIRECTION, second)
     out = [None if j in adjacent else torch.stack((a, b))
            for j, (a, b) in enumerate(zip(firsts, seconds))]
